@@ -73,7 +73,7 @@ class PipelineConfig:
     n_queries: int = 4
     preview_size: int = 32
     answer_size: int | None = 64
-    max_new_tokens: int = 8
+    max_new_tokens: int = 64
     query_max_new_tokens: int = 64
     batch_size: int = 16
     seed: int = 0

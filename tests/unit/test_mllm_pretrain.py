@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,12 +20,15 @@ import yaml
 from msjoe.mllm import pretrain
 from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.load import load_mllm
-from msjoe.mllm.parsing import parse_answer, parse_queries
+from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
+from msjoe.mllm.prompts import build_answer_messages
 from msjoe.mllm.pretrain import (
     MANIFEST,
     MLLMPretrainConfig,
+    WorldVideos,
     answer_examples,
     build_corpus,
+    caption_examples,
     event_runs,
     evidence_frame_set,
     identity_for,
@@ -62,6 +66,13 @@ def _config(**overrides: object) -> MLLMPretrainConfig:
         "preview_size": 16,
         "evidence_sets": 1,
         "no_evidence_ratio": 1.0,
+        "extra_questions": 1,
+        "caption_steps": 4,
+        "caption_batch_size": 4,
+        "caption_frames_per_video": 4,
+        "query_steps": 3,
+        "query_batch_size": 4,
+        "query_repeats": 1,
         "eval_questions": 2,
         "eval_batch_size": 4,
     }
@@ -142,37 +153,74 @@ def test_config_from_mapping_builds_nested_configs_and_rejects_typos() -> None:
 
 
 def test_examples_from_the_world_follow_the_design(world: Path) -> None:
-    cfg = _config(evidence_sets=3, no_evidence_ratio=1.0, k_frames=6)
+    cfg = _config(evidence_sets=3, no_evidence_ratio=1.0, k_frames=6, train_frame_counts=(2, 6), describe=False)
     questions = load_world_questions(world, "train")
     assert questions and {q.qid.split("_")[0] for q in questions} == {"train"}
-    from msjoe.mllm.pretrain import _VideoCache, _event_frames
-
-    videos = _VideoCache(world, cfg.frame_size)
-    answers = answer_examples(questions, videos, cfg, np.random.default_rng(0), _event_frames(world))
+    videos = WorldVideos(world)
+    answers = answer_examples(questions, videos, cfg, np.random.default_rng(0))
     by_qid = {q.qid: q for q in questions}
     assert sum(a.with_evidence for a in answers) == 3 * len(questions)
-    wrong_letters = 0
+    assert {len(a.frames) for a in answers} == {2, 6}
+    wrong = 0
     for a in answers:
         q = by_qid[a.qid]
-        assert len(a.frames) == 6 and list(a.frames) == sorted(a.frames)
+        assert list(a.frames) == sorted(set(a.frames))
         images = [i for m in a.example.messages for i in m["content"] if i.get("type") == "image"]
-        assert len(images) == 6 and max(images[0]["image"].size) <= cfg.frame_size
-        letter = parse_answer(a.example.target, len(q.options))
+        assert len(images) == len(a.frames) and max(images[0]["image"].size) <= cfg.frame_size
+        # The default reply names the option's text, which parses to its letter with the options.
+        assert a.example.target == f"<answer>{q.options[OPTION_LETTERS.index(a.letter)]}</answer>"
+        assert parse_answer(a.example.target, len(q.options), options=q.options) == a.letter
         if a.with_evidence:
             assert all(any(f in a.frames for f in run) for run in event_runs(q.evidence_frames))
-            assert letter == q.answer
+            assert a.letter == q.answer
         else:
             assert not set(a.frames) & set(q.evidence_frames)
-            wrong_letters += letter != q.answer
-    # Without evidence the target is a random letter, not the answer.
-    assert wrong_letters > 0
+            wrong += a.letter != q.answer
+    # Without evidence the target is a random option, not the answer.
+    assert wrong > 0
 
     queries = query_examples(questions, videos, cfg)
-    assert len(queries) == len(questions)
-    for example, q in zip(queries, questions, strict=True):
+    assert len(queries) == cfg.query_repeats * len(questions)
+    for example, q in zip(queries[:: cfg.query_repeats], questions, strict=True):
         assert parse_queries(example.target).queries == list(q.reference_queries)
         images = [i["image"] for m in example.messages for i in m["content"] if i.get("type") == "image"]
         assert len(images) == cfg.n_preview and all(max(im.size) <= cfg.preview_size for im in images)
+
+
+def test_letter_format_and_seen_list(world: Path) -> None:
+    cfg = _config(evidence_sets=2, no_evidence_ratio=0.0, answer_format="letter", describe=True)
+    questions = load_world_questions(world, "train")
+    videos = WorldVideos(world)
+    for a in answer_examples(questions, videos, cfg, np.random.default_rng(0)):
+        q = next(q for q in questions if q.qid == a.qid)
+        seen, tag = a.example.target.split(" <answer>")
+        assert tag == f"{q.answer}</answer>"
+        # Every target event is listed, by its caption, in time order.
+        assert seen.startswith("Seen: ") and all(c in seen for c in q.target_captions)
+        listed = seen.removeprefix("Seen: ").removesuffix(".").split(", ")
+        starts = {e.caption: e.start for e in videos.events(q.video)}
+        assert [starts[c] for c in listed] == sorted(starts[c] for c in listed)
+
+
+def test_caption_examples_describe_their_frame(world: Path) -> None:
+    cfg = _config(caption_frames_per_video=6, caption_event_fraction=0.5)
+    videos = WorldVideos(world)
+    captions = caption_examples(world, videos, cfg, np.random.default_rng(0))
+    assert len(captions) == 2 * 6
+    with_event = [c for c in captions if " on a " in c.target]
+    assert len(with_event) == 2 * 3
+    # Each image is a real frame of a training video and the target is that frame's caption.
+    truth = []
+    for path in sorted((world / "frames").glob("train_*.jsonl")):
+        frames = videos.frames(f"videos/train/{path.stem}.mp4")
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            truth.append((frames[row["frame"]], row["caption"]))
+    for example in captions:
+        images = [i["image"] for m in example.messages for i in m["content"] if i.get("type") == "image"]
+        assert len(images) == 1
+        pixels = np.asarray(images[0])
+        assert any(np.array_equal(pixels, f) and c == example.target for f, c in truth)
 
 
 def test_corpus_reads_the_training_split_only(world: Path) -> None:
@@ -193,9 +241,15 @@ def test_demo_branch_trains_saves_and_loads_through_the_one_loader(trained: tupl
     assert manifest["name_or_path"] == "model" and manifest["identity"].startswith("model@sha256:")
     saved = {p.name for p in (out / "model").iterdir()}
     assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= saved
-    assert report["trained"] is True and report["sft"]["steps"] == 12 and len(report["loss_curve"]) == 12
-    assert report["sft"]["final_loss"] < report["sft"]["first_loss"]
-    assert report["examples"]["answer_with_evidence"] == len(load_world_questions(world, "train"))
+    assert report["trained"] is True
+    phases = report["phases"]
+    assert (phases["caption"]["steps"], phases["query"]["steps"], phases["turns"]["steps"]) == (4, 3, 12)
+    assert len(report["loss_curve"]) == 4 + 3 + 12
+    assert report["phases"]["turns"]["final_loss"] < report["phases"]["turns"]["first_loss"]
+    own = len(load_world_questions(world, "train"))
+    assert report["train_questions"] > own  # the world's questions + one extra draw per video
+    assert report["examples"]["answer_with_evidence"] == report["train_questions"]
+    assert report["examples"]["caption"] == 2 * 4
     ev = report["eval"]
     assert ev["eval_questions"] == 2
     for key in ("accuracy_evidence", "accuracy_uniform", "accuracy_no_evidence", "query_parse_rate"):
@@ -208,8 +262,6 @@ def test_demo_branch_trains_saves_and_loads_through_the_one_loader(trained: tupl
         assert torch.equal(a, b)
     q = load_world_questions(world, "eval")[0]
     frames = [np.zeros((32, 32, 3), dtype=np.uint8)] * 4
-    from msjoe.mllm.prompts import build_answer_messages
-
     reply = mllm.generate([build_answer_messages(q.question, q.options, frames)], max_new_tokens=6)[0]
     assert reply.token_ids  # it runs end to end; the content is the pipeline's business
     # The manifest's identity is the content of what was saved.
@@ -232,8 +284,6 @@ def test_paper_branch_records_a_local_checkpoint_that_then_loads(
     trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = tmp_path / "Qwen2.5-VL-local"
-    import shutil
-
     shutil.copytree(trained[0] / "model", checkpoint)
     monkeypatch.setattr(socket.socket, "connect", _blocked_connect)
     report = prepare_mllm(str(checkpoint), tmp_path / "mllm", None, MLLMPretrainConfig(), progress=False)

@@ -3,31 +3,57 @@
 Paper scale: ``Qwen/Qwen2.5-VL-7B-Instruct`` (hub id or local directory) is only resolved and
 recorded in ``mllm.json``; nothing is loaded or downloaded. Demo scale (``name_or_path=None``):
 there are no weights to download, so a tiny Qwen2.5-VL is built (:mod:`msjoe.mllm.build`) and
-given its "pre-training" by supervised learning of both MSJoE turns on the world's training
-split, then saved with ``save_pretrained``. Either way later stages call
-:func:`load_prepared_mllm`, which goes through :func:`msjoe.mllm.load.load_mllm`, the one path
-that also loads the real 7B checkpoint.
+given its "pre-training" by supervised learning on the world's TRAIN split, then saved with
+``save_pretrained``. Either way later stages call :func:`load_prepared_mllm`, which goes through
+:func:`msjoe.mllm.load.load_mllm`, the one path that also loads the real 7B checkpoint.
 
-Supervised examples (all from the TRAIN split):
+The demo recipe (every choice below was measured; see the stage report):
 
-- **Query turn**: question + options + ``K/2`` uniformly spaced low-resolution previews ->
-  the world's reference queries as ``<query>...</query>`` lines.
-- **Answer turn with evidence**: one frame of every target event (so every fact the answer
-  needs is visible), the rest of the K frames drawn from the other frames (optionally biased
-  towards frames of other events, the distractors a query-driven sampler will bring), sorted by
-  time -> ``<answer>X</answer>`` with the right letter.
-- **Answer turn without evidence**: K frames none of which shows a target event -> a
-  *uniformly random* letter. Why: without the evidence the right letter is unknowable, so the
-  only honest target is the uniform distribution; random letters are an unbiased sample of it.
-  Training on the right letter there would teach the model to guess from the text (answer
-  priors, which the world's shuffled options do not have anyway) and make its answer *not*
-  depend on the frames; leaving such sets out would leave its behaviour on them undefined. With
-  uniform targets the model is confident only when it sees the evidence, which is what the
-  sampler's reward (and the difficulty-aware advantage measured with uniform frames) relies on.
+1. **Captioning** (cheap: one frame, a short prompt): frame -> its ground-truth caption
+   (``"a red star on a navy background"``). A vision tower trained from scratch learns
+   colours here in ~150 steps; without this phase the answer turn's sparse signal (one
+   frame in K shows the answer) barely reaches it within the budget.
+2. **Query turn alone**: writing the question's shape or event as a query is a copying skill
+   that appears after ~100-300 dedicated steps; diluted in the mixed phase it often did not
+   appear within the budget.
+3. **Both MSJoE turns**, mixed in one supervised run:
 
-The report measures, on the EVAL split: answer accuracy with evidence frames (constructed as
-in training, fixed seed), with uniform frames and with evidence-free frames (should be near
-chance, 1 / number of options), and the query turn's parse rate and exact match with the
+   - *Query turn*: question + options + ``K/2`` uniformly spaced low-resolution previews ->
+     the world's reference queries, one ``<query>...</query>`` line each.
+   - *Answer turn with evidence*: one frame of every target event plus fillers (other
+     frames; optionally biased towards other events' frames, the distractors a query-driven
+     sampler brings), sorted by time -> the right answer.
+   - *Answer turn without evidence*: frames none of which shows a target event -> a
+     *uniformly random* option. Without the evidence the right option is unknowable, so the
+     only honest target is the uniform distribution (random options are an unbiased sample
+     of it). Training on the right option there would teach the model to answer from the
+     text alone, i.e. *not* to depend on the frames; leaving such sets out would leave its
+     behaviour on them undefined. The sampler's reward, and the difficulty measured with
+     uniform frames, rely on a model that is right when it sees the evidence and guesses
+     when it does not.
+
+   Answer-turn examples use several frame counts (``train_frame_counts``, e.g. 2, 3, 5, 8):
+   the small sets are cheaper and give a denser signal, and the model still sees K.
+
+Answer format (``answer_format``): ``"option"`` (default) writes the chosen option's text,
+``<answer>a red square</answer>``, which :func:`msjoe.mllm.parsing.parse_answer` maps to its
+letter when given the options; ``"letter"`` writes ``<answer>B</answer>`` as the prompt asks.
+Measured on 2 CPU cores, the tiny model does not learn to bind an option's content to its
+letter within minutes (an associative-recall circuit: no progress at all in 1500 steps on
+text alone), while the option's text is mostly what it perceives (a colour, a count), so
+the demo model answers with the text and the pipeline parses with the options (the 7B
+model's letters parse the same way). Known limit: the from-scratch vision tower learns
+colours within the budget but not shapes, so questions whose options are event captions
+(``order``, ``first_last``) stay near chance at demo scale.
+
+With ``describe`` (default) the reply first lists the events visible in the frames
+(``Seen: a green star, a red square. <answer>...``): a dense, checkable perception target on
+every answer example, which made the answer turn learn faster in our runs; replies are then
+longer (:attr:`MLLMPretrainConfig.answer_max_new_tokens`).
+
+The report measures, on the EVAL split and at ``k_frames``: answer accuracy with evidence
+frames (constructed as in training, fixed seed), with uniform frames and with evidence-free
+frames (should be near chance), and the query turn's parse rate and exact match with the
 reference queries.
 """
 
@@ -38,7 +64,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,23 +72,30 @@ import numpy as np
 
 from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
-from msjoe.mllm.prompts import Conversation, build_answer_messages, build_query_messages
+from msjoe.mllm.prompts import DEFAULT_SYSTEM_PROMPT, Conversation, build_answer_messages, build_query_messages
 from msjoe.mllm.sft import SFTConfig, SFTExample
 
 if TYPE_CHECKING:
     from msjoe.mllm.load import MLLM
 
 __all__ = [
+    "ANSWER_FORMATS",
+    "CAPTION_PROMPT",
     "MANIFEST",
     "MODEL_SUBDIR",
+    "AnswerExample",
     "MLLMManifest",
     "MLLMPretrainConfig",
     "WorldQuestion",
+    "WorldVideos",
     "answer_examples",
+    "answer_reply",
     "build_corpus",
+    "caption_examples",
     "evaluate_mllm",
     "event_runs",
     "evidence_frame_set",
+    "extra_train_questions",
     "identity_for",
     "load_prepared_mllm",
     "load_world_questions",
@@ -79,6 +112,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "mllm.json"
 MODEL_SUBDIR = "model"
+CAPTION_PROMPT = "Describe this frame."
+ANSWER_FORMATS = ("option", "letter")
+_SEEN_NOTHING = "nothing"
 _FULL_HASH_LIMIT = 256 << 20
 _EDGE_BYTES = 1 << 20
 
@@ -91,45 +127,96 @@ _EDGE_BYTES = 1 << 20
 class MLLMPretrainConfig:
     """Demo pre-training settings (ignored at paper scale, where nothing is trained).
 
-    ``k_frames``: frames of the answer turn (the pipeline's K); the query turn sees
-    ``k_frames // 2`` previews of at most ``preview_size``² pixels; answer frames are shown at
-    most at ``frame_size``². ``evidence_sets``: answer-turn examples with the evidence per
-    training question; ``no_evidence_ratio``: evidence-free examples per evidence example
-    (uniformly random letter target); ``distractor_event_fraction``: share of the filler frames
-    of an evidence set drawn from other events' frames rather than from any non-evidence frame.
-    ``query_repeats``: copies of each query-turn example (the previews are deterministic).
+    Frames: the answer turn sees ``k_frames`` frames of at most ``frame_size``² pixels, the
+    query turn ``k_frames // 2`` previews of at most ``preview_size``². ``train_frame_counts``:
+    frame counts of the answer-turn training examples (None: about K/4, 2K/5, 3K/5 and K).
+
+    Examples per training question: ``evidence_sets`` answer-turn sets with the evidence
+    (spread over the frame counts), ``evidence_sets * no_evidence_ratio`` without (random
+    option), ``query_repeats`` query-turn examples. ``distractor_event_fraction``: share of
+    filler frames drawn from other events rather than from any other frame.
+    ``extra_questions``: further question draws per training video from the world's own
+    generator (:func:`extra_train_questions`).
+
+    Phases (0 steps skips one): ``caption_steps`` steps of single-frame captioning (batch
+    ``caption_batch_size``, ``caption_frames_per_video`` frames per training video,
+    ``caption_event_fraction`` of them showing an event); ``query_steps`` steps of the query
+    turn alone (batch ``query_batch_size``); then ``sft`` on both turns mixed.
+
     ``eval_questions``: cap on evaluated EVAL questions (None: all; 0: skip evaluation).
     """
 
     model: TinyMLLMConfig = field(default_factory=TinyMLLMConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(learning_rate=2e-3, batch_size=8, max_steps=800))
     k_frames: int = 8
+    train_frame_counts: tuple[int, ...] | None = None
     n_queries: int = 4
     frame_size: int = 64
     preview_size: int = 32
+    answer_format: str = "option"
+    describe: bool = True
     evidence_sets: int = 4
     no_evidence_ratio: float = 0.25
     distractor_event_fraction: float = 0.0
     query_repeats: int = 1
+    extra_questions: int = 4
+    caption_steps: int = 200
+    caption_batch_size: int = 16
+    caption_frames_per_video: int = 16
+    caption_event_fraction: float = 0.75
+    query_steps: int = 400
+    query_batch_size: int = 16
     eval_questions: int | None = None
     eval_batch_size: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.train_frame_counts is not None and not isinstance(self.train_frame_counts, tuple):
+            object.__setattr__(self, "train_frame_counts", tuple(int(k) for k in self.train_frame_counts))
         if self.k_frames < 2:
             raise ValueError("k_frames must be >= 2 (the query turn sees k_frames // 2 previews)")
-        if self.n_queries < 1 or self.evidence_sets < 0 or self.query_repeats < 0:
-            raise ValueError("n_queries must be >= 1, evidence_sets and query_repeats >= 0")
+        if self.train_frame_counts is not None and (
+            not self.train_frame_counts or min(self.train_frame_counts) < 1
+        ):
+            raise ValueError("train_frame_counts must be positive frame counts")
+        if self.n_queries < 1 or min(self.evidence_sets, self.query_repeats, self.extra_questions) < 0:
+            raise ValueError("n_queries must be >= 1; evidence_sets, query_repeats, extra_questions >= 0")
         if self.frame_size < 16 or self.preview_size < 16:
             raise ValueError("frame_size and preview_size must be >= 16 pixels")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
         if self.no_evidence_ratio < 0 or not 0.0 <= self.distractor_event_fraction <= 1.0:
             raise ValueError("no_evidence_ratio must be >= 0 and distractor_event_fraction in [0, 1]")
+        if min(self.caption_steps, self.query_steps, self.caption_frames_per_video) < 0:
+            raise ValueError("caption_steps, query_steps and caption_frames_per_video must be >= 0")
+        if min(self.caption_batch_size, self.query_batch_size) < 1:
+            raise ValueError("caption_batch_size and query_batch_size must be >= 1")
+        if not 0.0 <= self.caption_event_fraction <= 1.0:
+            raise ValueError("caption_event_fraction must be in [0, 1]")
         if self.eval_batch_size < 1:
             raise ValueError("eval_batch_size must be >= 1")
 
     @property
     def n_preview(self) -> int:
+        """Preview frames of the query turn (K/2, as in the paper)."""
         return self.k_frames // 2
+
+    @property
+    def frame_counts(self) -> tuple[int, ...]:
+        """Frame counts of the answer-turn training examples.
+
+        >>> MLLMPretrainConfig(k_frames=8).frame_counts
+        (2, 3, 5, 8)
+        """
+        if self.train_frame_counts is not None:
+            return tuple(sorted(set(self.train_frame_counts)))
+        k = self.k_frames
+        return tuple(sorted({max(2, round(k * f)) for f in (0.25, 0.4, 0.6)} | {k}))
+
+    @property
+    def answer_max_new_tokens(self) -> int:
+        """A generation budget that fits the trained answer reply at ``k_frames`` frames."""
+        return 16 + (6 * self.k_frames if self.describe else 0)
 
     @classmethod
     def from_mapping(cls, params: dict[str, Any]) -> MLLMPretrainConfig:
@@ -142,9 +229,8 @@ class MLLMPretrainConfig:
         if isinstance(params.get("model"), dict):
             params["model"] = _dataclass_from(TinyMLLMConfig, params["model"], "model")
         if isinstance(params.get("sft"), dict):
-            sft = dict(params["sft"])
-            if "betas" in sft:
-                sft["betas"] = tuple(sft["betas"])
+            sft = {**asdict(cls().sft), **params["sft"]}
+            sft["betas"] = tuple(sft["betas"])
             params["sft"] = _dataclass_from(SFTConfig, sft, "sft")
         return cls(**params)
 
@@ -225,7 +311,10 @@ def load_prepared_mllm(directory: Path, **load_kwargs: Any) -> MLLM:
     """Load the MLLM a manifest points to, through :func:`msjoe.mllm.load.load_mllm`."""
     from msjoe.mllm.load import load_mllm
 
-    return load_mllm(read_manifest(directory).resolve(Path(directory)), **load_kwargs)
+    manifest = read_manifest(directory)
+    mllm = load_mllm(manifest.resolve(Path(directory)), **load_kwargs)
+    mllm.identity = manifest.identity
+    return mllm
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,6 +334,11 @@ class WorldQuestion:
     evidence_frames: tuple[int, ...]
     reference_queries: tuple[str, ...]
     target_captions: tuple[str, ...] = ()
+
+    @property
+    def answer_text(self) -> str:
+        """The text of the correct option."""
+        return self.options[OPTION_LETTERS.index(self.answer)]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -277,15 +371,54 @@ def load_world_questions(world_dir: Path, split: str) -> list[WorldQuestion]:
     return questions
 
 
-def _event_frames(world_dir: Path) -> dict[str, np.ndarray]:
-    """Per video stem, the sorted indices of every frame that shows an event."""
-    out: dict[str, np.ndarray] = {}
-    path = world_dir / "events.jsonl"
-    if not path.is_file():
-        return out
-    for row in _jsonl(path):
-        frames = [f for e in row["events"] for f in range(int(e["start_frame"]), int(e["end_frame"]) + 1)]
-        out[row["video_id"]] = np.array(sorted(set(frames)), dtype=np.int64)
+def extra_train_questions(world_dir: Path, draws: int, seed: int, split: str = "train") -> list[WorldQuestion]:
+    """More questions about the videos of ``split``, posed by the world's own generator.
+
+    The generator (:func:`msjoe.world.questions.make_questions`) only needs each video's
+    events, which ``events.jsonl`` records, so every draw yields questions of the same families,
+    wording and ground truth (evidence, reference queries) as the split's own, about the same
+    videos: more supervision without any other split's data. Draw ``d`` of a video is seeded
+    by ``(seed, video, d)``; qids get a ``_x{d}`` suffix.
+    """
+    import zlib
+
+    from msjoe.world.config import FAMILIES
+    from msjoe.world.questions import make_questions
+    from msjoe.world.scene import Event, VideoSpec
+
+    if draws <= 0:
+        return []
+    own = load_world_questions(world_dir, split)
+    paths = {Path(q.video).stem: q.video for q in own}
+    families = tuple(f for f in FAMILIES if f in {q.category for q in own})
+    out: list[WorldQuestion] = []
+    for row in _jsonl(world_dir / "events.jsonl"):
+        vid = row["video_id"]
+        if row.get("split") != split or vid not in paths:
+            continue
+        events = tuple(
+            Event(e["shape"], e["colour"], int(e["start_frame"]), int(e["end_frame"]), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            for e in row["events"]
+        )
+        last = max((e.end_frame for e in events), default=0)
+        spec = VideoSpec(vid, split, 0, last + 1, 1.0, 0, (), events, 0)
+        for d in range(draws):
+            rng = np.random.default_rng([seed, zlib.crc32(vid.encode()), d])
+            for q in make_questions(spec, families, rng):
+                note = q.annotation_record()
+                out.append(
+                    WorldQuestion(
+                        qid=f"{q.qid}_x{d}",
+                        video=paths[vid],
+                        question=q.question,
+                        options=tuple(q.options),
+                        answer=q.answer,
+                        category=q.family,
+                        evidence_frames=tuple(note["evidence_frames"]),
+                        reference_queries=tuple(note["reference_queries"]),
+                        target_captions=tuple(note["target_captions"]),
+                    )
+                )
     return out
 
 
@@ -306,32 +439,61 @@ def build_corpus(world_dir: Path, split: str = "train") -> list[str]:
     texts += [describe(s, c) for s in SHAPES for c in COLOURS]
     texts += [shape_query(s) for s in SHAPES] + [plural(s) for s in SHAPES]
     texts += [frame_caption(b) for b in BACKGROUNDS]
+    texts += [CAPTION_PROMPT, answer_reply("a shape", [])]
     return list(dict.fromkeys(texts))
 
 
-class _VideoCache:
-    """All frames of each video, decoded once at ``size`` (the world's videos are small)."""
+@dataclass(frozen=True)
+class VideoEvent:
+    """One annotated event: frames ``start..end`` (inclusive) show ``caption``."""
 
-    def __init__(self, world_dir: Path, size: int) -> None:
-        self.world_dir = world_dir
-        self.size = size
+    start: int
+    end: int
+    caption: str
+
+
+class WorldVideos:
+    """The world's videos: frames decoded once, and their annotated events.
+
+    The demo videos are small (240 frames of 64x64), so a whole video is decoded at once with
+    the project's decoder (:mod:`msjoe.video`) and kept for every example drawn from it;
+    frames are resized per example (:func:`msjoe.mllm.prompts.downscale`), exactly as the
+    pipeline resizes the frames it shows the model.
+    """
+
+    def __init__(self, world_dir: Path) -> None:
+        self.world_dir = Path(world_dir)
         self._frames: dict[str, np.ndarray] = {}
+        self._events: dict[str, list[VideoEvent]] = {}
+        path = self.world_dir / "events.jsonl"
+        if path.is_file():
+            for row in _jsonl(path):
+                self._events[row["video_id"]] = [
+                    VideoEvent(int(e["start_frame"]), int(e["end_frame"]), e["caption"]) for e in row["events"]
+                ]
 
-    def __call__(self, video: str) -> np.ndarray:
+    def frames(self, video: str) -> np.ndarray:
+        """All frames of ``video`` (a path relative to the world), ``(T, H, W, 3)`` uint8."""
         if video not in self._frames:
             from msjoe.video import decode_frames, open_reader, resolve_video
 
-            path = resolve_video(self.world_dir, video)
-            probe = open_reader(path)
-            height, width = probe[0].shape[:2]
-            scale = min(1.0, self.size / max(height, width))
-            reader = open_reader(path, width=_even(width * scale), height=_even(height * scale)) if scale < 1 else probe
+            reader = open_reader(resolve_video(self.world_dir, video))
             self._frames[video] = decode_frames(reader, np.arange(len(reader)))
         return self._frames[video]
 
+    def events(self, video: str) -> list[VideoEvent]:
+        """Annotated events of ``video``, in time order (empty when none are annotated)."""
+        return self._events.get(Path(video).stem, [])
 
-def _even(value: float) -> int:
-    return max(2, int(round(value / 2)) * 2)
+    def event_frames(self, video: str) -> np.ndarray:
+        """Indices of every frame of ``video`` that shows an event."""
+        frames = sorted({f for e in self.events(video) for f in range(e.start, e.end + 1)})
+        return np.array(frames, dtype=np.int64)
+
+    def seen(self, video: str, indices: Iterable[int]) -> list[str]:
+        """Captions of the events visible in the frames ``indices``, each once, in time order."""
+        chosen = set(int(i) for i in indices)
+        return [e.caption for e in self.events(video) if any(e.start <= i <= e.end for i in chosen)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +523,27 @@ def uniform_frame_set(n_frames: int, k: int) -> list[int]:
     return [int(i) for i in selection.indices]
 
 
+def _fill(
+    chosen: set[int],
+    k: int,
+    others: np.ndarray,
+    distractors: np.ndarray,
+    distractor_event_fraction: float,
+    rng: np.random.Generator,
+) -> list[int]:
+    """Add fillers to ``chosen`` until it holds ``k`` frames (or ``others`` runs out)."""
+    while len(chosen) < k:
+        use_events = len(distractors) > 0 and rng.random() < distractor_event_fraction
+        pool = distractors if use_events else others
+        pool = pool[~np.isin(pool, list(chosen))]
+        if not len(pool):
+            pool = others[~np.isin(others, list(chosen))]
+            if not len(pool):
+                break
+        chosen.add(int(rng.choice(pool)))
+    return sorted(chosen)
+
+
 def evidence_frame_set(
     evidence_frames: Sequence[int],
     n_frames: int,
@@ -385,13 +568,7 @@ def evidence_frame_set(
     evidence = set(int(f) for f in evidence_frames)
     others = np.array([f for f in range(n_frames) if f not in evidence], dtype=np.int64)
     distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
-    while len(chosen) < min(k, n_frames):
-        pool = distractors if len(distractors) and rng.random() < distractor_event_fraction else others
-        pool = pool[~np.isin(pool, list(chosen))]
-        if not len(pool):
-            pool = np.array([f for f in range(n_frames) if f not in chosen], dtype=np.int64)
-        chosen.add(int(rng.choice(pool)))
-    return sorted(chosen)
+    return _fill(chosen, min(k, n_frames), others, distractors, distractor_event_fraction, rng)
 
 
 def no_evidence_frame_set(
@@ -409,14 +586,7 @@ def no_evidence_frame_set(
     if len(others) < k:
         raise ValueError(f"only {len(others)} frames without evidence, {k} needed")
     distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
-    chosen: set[int] = set()
-    while len(chosen) < k:
-        pool = distractors if len(distractors) and rng.random() < distractor_event_fraction else others
-        pool = pool[~np.isin(pool, list(chosen))]
-        if not len(pool):
-            pool = others[~np.isin(others, list(chosen))]
-        chosen.add(int(rng.choice(pool)))
-    return sorted(chosen)
+    return _fill(set(), k, others, distractors, distractor_event_fraction, rng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,6 +600,20 @@ def query_target(reference_queries: Sequence[str], n_queries: int) -> str:
     '<query>a star</query>\\n<query>a red circle</query>'
     """
     return "\n".join(f"<query>{q}</query>" for q in list(reference_queries)[:n_queries])
+
+
+def answer_reply(answer: str, seen: Sequence[str] | None) -> str:
+    """The answer turn's reply: optionally what the frames show, then the answer tag.
+
+    >>> answer_reply("a red square", ["a green star", "a red square"])
+    'Seen: a green star, a red square. <answer>a red square</answer>'
+    >>> answer_reply("B", None)
+    '<answer>B</answer>'
+    """
+    tag = f"<answer>{answer}</answer>"
+    if seen is None:
+        return tag
+    return f"Seen: {', '.join(seen) if seen else _SEEN_NOTHING}. {tag}"
 
 
 def _query_messages(q: WorldQuestion, frames: np.ndarray, cfg: MLLMPretrainConfig) -> Conversation:
@@ -450,11 +634,11 @@ def _answer_messages(q: WorldQuestion, frames: np.ndarray, indices: Sequence[int
 
 
 def query_examples(
-    questions: Sequence[WorldQuestion], videos: Any, cfg: MLLMPretrainConfig
+    questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig
 ) -> list[SFTExample]:
     """Query-turn examples: previews + question -> the reference queries."""
     return [
-        SFTExample(_query_messages(q, videos(q.video), cfg), query_target(q.reference_queries, cfg.n_queries))
+        SFTExample(_query_messages(q, videos.frames(q.video), cfg), query_target(q.reference_queries, cfg.n_queries))
         for q in questions
         if q.reference_queries
         for _ in range(cfg.query_repeats)
@@ -469,35 +653,78 @@ class AnswerExample:
     qid: str
     frames: tuple[int, ...]
     with_evidence: bool
+    letter: str
 
 
 def answer_examples(
     questions: Sequence[WorldQuestion],
-    videos: Any,
+    videos: WorldVideos,
     cfg: MLLMPretrainConfig,
     rng: np.random.Generator,
-    event_frames: dict[str, np.ndarray] | None = None,
 ) -> list[AnswerExample]:
-    """Answer-turn examples: ``evidence_sets`` frame sets with evidence per question (right
-    letter) and about ``no_evidence_ratio`` times as many without (uniformly random letter)."""
+    """Answer-turn examples per question: ``evidence_sets`` frame sets with the evidence (right
+    option), spread over ``cfg.frame_counts``, and ``evidence_sets * no_evidence_ratio`` in
+    expectation without it (uniformly random option, random frame count)."""
+    counts = cfg.frame_counts
     out: list[AnswerExample] = []
+
+    def make(q: WorldQuestion, frames: np.ndarray, idx: list[int], letter: str, with_evidence: bool) -> None:
+        answer = letter if cfg.answer_format == "letter" else q.options[OPTION_LETTERS.index(letter)]
+        seen = videos.seen(q.video, idx) if cfg.describe else None
+        messages = _answer_messages(q, frames, idx, cfg.frame_size)
+        example = SFTExample(messages, answer_reply(answer, seen))
+        out.append(AnswerExample(example, q.qid, tuple(idx), with_evidence, letter))
+
     for q in questions:
-        frames = videos(q.video)
+        frames = videos.frames(q.video)
         n = len(frames)
-        extra = (event_frames or {}).get(Path(q.video).stem, np.zeros(0, dtype=np.int64))
-        kwargs = {"event_frames": extra, "distractor_event_fraction": cfg.distractor_event_fraction}
-        n_without = int(rng.binomial(cfg.evidence_sets, min(1.0, cfg.no_evidence_ratio))) if cfg.no_evidence_ratio <= 1 else int(
-            round(cfg.evidence_sets * cfg.no_evidence_ratio)
-        )
-        for _ in range(cfg.evidence_sets):
-            idx = evidence_frame_set(q.evidence_frames, n, cfg.k_frames, rng, **kwargs)
-            target = f"<answer>{q.answer}</answer>"
-            out.append(AnswerExample(SFTExample(_answer_messages(q, frames, idx, cfg.frame_size), target), q.qid, tuple(idx), True))
+        kwargs = {
+            "event_frames": videos.event_frames(q.video),
+            "distractor_event_fraction": cfg.distractor_event_fraction,
+        }
+        expected = cfg.evidence_sets * cfg.no_evidence_ratio
+        n_without = int(expected) + int(rng.random() < expected - int(expected))
+        for i in range(cfg.evidence_sets):
+            idx = evidence_frame_set(q.evidence_frames, n, counts[i % len(counts)], rng, **kwargs)
+            make(q, frames, idx, q.answer, True)
         for _ in range(n_without):
-            idx = no_evidence_frame_set(q.evidence_frames, n, cfg.k_frames, rng, **kwargs)
-            letter = OPTION_LETTERS[int(rng.integers(0, len(q.options)))]
-            target = f"<answer>{letter}</answer>"
-            out.append(AnswerExample(SFTExample(_answer_messages(q, frames, idx, cfg.frame_size), target), q.qid, tuple(idx), False))
+            k = counts[int(rng.integers(0, len(counts)))]
+            idx = no_evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs)
+            make(q, frames, idx, OPTION_LETTERS[int(rng.integers(0, len(q.options)))], False)
+    return out
+
+
+def caption_examples(
+    world_dir: Path, videos: WorldVideos, cfg: MLLMPretrainConfig, rng: np.random.Generator, split: str = "train"
+) -> list[SFTExample]:
+    """Single-frame captioning examples from the frame annotations of ``split``.
+
+    Per video, ``caption_frames_per_video`` frames, ``caption_event_fraction`` of them showing
+    an event (events are rare, and they are what the questions are about).
+    """
+    from msjoe.mllm.prompts import downscale
+
+    out: list[SFTExample] = []
+    n_event = int(round(cfg.caption_frames_per_video * cfg.caption_event_fraction))
+    for path in sorted((Path(world_dir) / "frames").glob(f"{split}_*.jsonl")):
+        rows = _jsonl(path)
+        video = f"videos/{split}/{path.stem}.mp4"
+        frames = videos.frames(video)
+        with_event = [r for r in rows if r["objects"]]
+        background = [r for r in rows if not r["objects"]]
+        picked = [with_event[i] for i in rng.permutation(len(with_event))[:n_event]]
+        n_background = cfg.caption_frames_per_video - len(picked)
+        picked += [background[i] for i in rng.permutation(len(background))[:n_background]]
+        for row in picked:
+            image = downscale(frames[int(row["frame"])], cfg.frame_size**2)
+            messages: Conversation = [
+                {"role": "system", "content": [{"type": "text", "text": DEFAULT_SYSTEM_PROMPT}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "image": image}, {"type": "text", "text": CAPTION_PROMPT}],
+                },
+            ]
+            out.append(SFTExample(messages, row["caption"]))
     return out
 
 
@@ -513,62 +740,81 @@ def _generate(mllm: MLLM, conversations: list[Conversation], max_new_tokens: int
     return texts
 
 
+def _mean(values: Sequence[float | bool]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def evaluate_mllm(
-    mllm: MLLM,
-    questions: Sequence[WorldQuestion],
-    videos: Any,
-    cfg: MLLMPretrainConfig,
-    event_frames: dict[str, np.ndarray] | None = None,
+    mllm: MLLM, questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig
 ) -> dict[str, Any]:
-    """Greedy accuracy of the answer turn on three frame sets, and query-turn quality.
+    """Greedy accuracy of the answer turn on three K-frame sets, and query-turn quality.
 
     ``evidence``: one frame per target event + fillers (as in training, seed ``cfg.seed + 1``);
-    ``uniform``: the uniform sampler's K frames; ``no_evidence``: K evidence-free frames. An
-    unparsable answer counts as wrong.
+    ``uniform``: the uniform sampler's K frames; ``no_evidence``: K evidence-free frames.
+    Answers are parsed with the options (letter or option text); unparsable counts as wrong.
+    ``seen_exact_evidence``: share of evidence-set replies whose ``Seen:`` list is exactly
+    the events shown (with ``describe``).
     """
     rng = np.random.default_rng(cfg.seed + 1)
     started = time.perf_counter()
-    sets: dict[str, list[Conversation]] = {"evidence": [], "uniform": [], "no_evidence": []}
+    k = cfg.k_frames
+    sets: dict[str, list[list[int]]] = {"evidence": [], "uniform": [], "no_evidence": []}
     for q in questions:
-        frames = videos(q.video)
-        n = len(frames)
-        extra = (event_frames or {}).get(Path(q.video).stem, np.zeros(0, dtype=np.int64))
-        kwargs = {"event_frames": extra, "distractor_event_fraction": cfg.distractor_event_fraction}
-        sets["evidence"].append(_answer_messages(q, frames, evidence_frame_set(q.evidence_frames, n, cfg.k_frames, rng, **kwargs), cfg.frame_size))
-        sets["uniform"].append(_answer_messages(q, frames, uniform_frame_set(n, cfg.k_frames), cfg.frame_size))
-        sets["no_evidence"].append(_answer_messages(q, frames, no_evidence_frame_set(q.evidence_frames, n, cfg.k_frames, rng, **kwargs), cfg.frame_size))
-    report: dict[str, Any] = {"eval_questions": len(questions)}
+        n = len(videos.frames(q.video))
+        kwargs = {
+            "event_frames": videos.event_frames(q.video),
+            "distractor_event_fraction": cfg.distractor_event_fraction,
+        }
+        sets["evidence"].append(evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs))
+        sets["uniform"].append(uniform_frame_set(n, k))
+        sets["no_evidence"].append(no_evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs))
+    report: dict[str, Any] = {"eval_questions": len(questions), "k_frames": k}
     families = sorted({q.category for q in questions})
-    for name, conversations in sets.items():
-        texts = _generate(mllm, conversations, 8, cfg.eval_batch_size)
-        letters = [parse_answer(t, len(q.options)) for t, q in zip(texts, questions, strict=True)]
+    for name, frame_sets in sets.items():
+        conversations = [
+            _answer_messages(q, videos.frames(q.video), idx, cfg.frame_size)
+            for q, idx in zip(questions, frame_sets, strict=True)
+        ]
+        texts = _generate(mllm, conversations, cfg.answer_max_new_tokens, cfg.eval_batch_size)
+        letters = [parse_answer(t, len(q.options), options=q.options) for t, q in zip(texts, questions, strict=True)]
         correct = [letter == q.answer for letter, q in zip(letters, questions, strict=True)]
         report[f"accuracy_{name}"] = _mean(correct)
         report[f"answer_parse_rate_{name}"] = _mean([letter is not None for letter in letters])
         report[f"accuracy_{name}_per_family"] = {
             fam: _mean([c for c, q in zip(correct, questions, strict=True) if q.category == fam]) for fam in families
         }
+        if name == "evidence" and cfg.describe:
+            expected = [answer_reply("", videos.seen(q.video, i)) for q, i in zip(questions, frame_sets, strict=True)]
+            report["seen_exact_evidence"] = _mean(
+                [t.split("<answer>")[0].strip() == e.split("<answer>")[0].strip() for t, e in zip(texts, expected)]
+            )
+        if name == "evidence":
+            report["answer_examples"] = [
+                {"qid": q.qid, "question": q.question, "answer": q.answer_text, "generated": t}
+                for q, t in list(zip(questions, texts, strict=True))[:4]
+            ]
     query_texts = _generate(
-        mllm, [_query_messages(q, videos(q.video), cfg) for q in questions], 12 * cfg.n_queries, cfg.eval_batch_size
+        mllm,
+        [_query_messages(q, videos.frames(q.video), cfg) for q in questions],
+        12 * cfg.n_queries,
+        cfg.eval_batch_size,
     )
     parses = [parse_queries(t, cfg.n_queries) for t in query_texts]
+    matches = [
+        [s.casefold() for s in p.queries] == [s.casefold() for s in q.reference_queries[: cfg.n_queries]]
+        for p, q in zip(parses, questions, strict=True)
+    ]
     report["query_parse_rate"] = _mean([p.ok for p in parses])
-    report["query_exact_match"] = _mean(
-        [
-            [s.casefold() for s in p.queries] == [s.casefold() for s in q.reference_queries[: cfg.n_queries]]
-            for p, q in zip(parses, questions, strict=True)
-        ]
-    )
+    report["query_exact_match"] = _mean(matches)
+    report["query_exact_match_per_family"] = {
+        fam: _mean([m for m, q in zip(matches, questions, strict=True) if q.category == fam]) for fam in families
+    }
     report["chance_accuracy"] = _mean([1.0 / len(q.options) for q in questions])
     report["query_examples"] = [
         {"qid": q.qid, "question": q.question, "generated": t} for q, t in list(zip(questions, query_texts))[:4]
     ]
     report["eval_seconds"] = round(time.perf_counter() - started, 2)
     return report
-
-
-def _mean(values: Sequence[float | bool]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -612,6 +858,7 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
     from msjoe.mllm.sft import supervised_finetune
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     timings: dict[str, float] = {}
     model_dir = out_dir / MODEL_SUBDIR
     if model_dir.exists():
@@ -621,20 +868,36 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
     timings["build_s"] = time.perf_counter() - started
 
     tick = time.perf_counter()
-    videos = _VideoCache(world_dir, cfg.frame_size)
-    events = _event_frames(world_dir)
+    videos = WorldVideos(world_dir)
     train = load_world_questions(world_dir, "train")
     if not train:
         raise ValueError(f"{world_dir} has no training questions")
+    train += extra_train_questions(world_dir, cfg.extra_questions, cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    captions = caption_examples(world_dir, videos, cfg, rng) if cfg.caption_steps else []
     queries = query_examples(train, videos, cfg)
-    answers = answer_examples(train, videos, cfg, rng, events)
-    examples = queries + [a.example for a in answers]
+    answers = answer_examples(train, videos, cfg, rng)
     timings["examples_s"] = time.perf_counter() - tick
 
     torch.manual_seed(cfg.seed)
-    sft = supervised_finetune(mllm, examples, cfg.sft, progress=progress)
+    losses: list[float] = []
+    phases: dict[str, Any] = {}
+    if captions:
+        caption_cfg = replace(cfg.sft, max_steps=cfg.caption_steps, batch_size=cfg.caption_batch_size)
+        captioning = supervised_finetune(mllm, captions, caption_cfg, progress=progress)
+        losses += captioning.losses
+        timings["caption_s"] = captioning.seconds
+        phases["caption"] = _phase_summary(captioning)
+    if queries and cfg.query_steps:
+        query_cfg = replace(cfg.sft, max_steps=cfg.query_steps, batch_size=cfg.query_batch_size)
+        querying = supervised_finetune(mllm, queries, query_cfg, progress=progress)
+        losses += querying.losses
+        timings["query_s"] = querying.seconds
+        phases["query"] = _phase_summary(querying)
+    sft = supervised_finetune(mllm, queries + [a.example for a in answers], cfg.sft, progress=progress)
+    losses += sft.losses
     timings["sft_s"] = sft.seconds
+    phases["turns"] = _phase_summary(sft)
     mllm.save_pretrained(model_dir)
     manifest = MLLMManifest(MODEL_SUBDIR, identity_for(MODEL_SUBDIR, model_dir))
     write_manifest(out_dir, manifest)
@@ -646,19 +909,17 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
         "parameters": int(sum(p.numel() for p in mllm.model.parameters())),
         "vocabulary": len(mllm.tokenizer),
         "train_questions": len(train),
+        "answer_format": cfg.answer_format,
+        "describe": cfg.describe,
+        "answer_max_new_tokens": cfg.answer_max_new_tokens,
         "examples": {
+            "caption": len(captions),
             "query": len(queries),
             "answer_with_evidence": sum(a.with_evidence for a in answers),
             "answer_without_evidence": sum(not a.with_evidence for a in answers),
         },
-        "sft": {
-            "steps": sft.steps,
-            "examples_seen": sft.examples_seen,
-            "tokens_seen": sft.tokens_seen,
-            "first_loss": sft.losses[0],
-            "final_loss": sft.final_loss,
-        },
-        "loss_curve": sft.losses,
+        "phases": phases,
+        "loss_curve": losses,
         "config": asdict(cfg),
     }
     eval_questions = load_world_questions(world_dir, "eval")
@@ -667,15 +928,27 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
     if eval_questions:
         # Evaluate what later stages will load: the saved directory, through the one loader.
         tick = time.perf_counter()
-        report["eval"] = evaluate_mllm(load_prepared_mllm(out_dir), eval_questions, videos, cfg, events)
+        report["eval"] = evaluate_mllm(load_prepared_mllm(out_dir), eval_questions, videos, cfg)
         timings["eval_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
+    # CPU seconds of this process (all its threads): on a shared machine wall time also counts
+    # other people's work, CPU time does not.
+    timings["total_cpu_s"] = time.process_time() - cpu_started
     report["timings"] = {k: round(v, 2) for k, v in timings.items()}
     logger.info(
-        "demo mllm ready in %.0fs: loss %.3f -> %.3f, eval %s",
+        "demo mllm ready in %.0fs: eval %s",
         timings["total_s"],
-        sft.losses[0],
-        sft.final_loss,
         {k: v for k, v in report.get("eval", {}).items() if isinstance(v, float)},
     )
     return report
+
+
+def _phase_summary(sft: Any) -> dict[str, Any]:
+    return {
+        "steps": sft.steps,
+        "examples_seen": sft.examples_seen,
+        "tokens_seen": sft.tokens_seen,
+        "first_loss": sft.losses[0] if sft.losses else None,
+        "final_loss": sft.final_loss,
+        "seconds": round(sft.seconds, 2),
+    }

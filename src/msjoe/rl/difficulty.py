@@ -40,7 +40,7 @@ class DifficultyConfig:
     budget: int = 8
     temperature: float = 1.0
     batch_size: int = 32
-    max_new_tokens: int = 8
+    max_new_tokens: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
