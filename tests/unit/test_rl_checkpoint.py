@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from msjoe.rl.checkpoint import (
+    discard_other_runs,
     latest_checkpoint,
     load_latest,
     read_meta,
+    run_fingerprint,
     save_checkpoint,
     step_dirname,
 )
@@ -106,6 +108,23 @@ def test_layout_pointer_pruning_and_replacing(tmp_path: Path) -> None:
     fresh = net(1)
     assert load_latest(tmp_path, {"m": fresh}) == 4
     assert torch.equal(fresh[0].weight, model[0].weight)
+
+
+def test_fingerprints_tell_runs_apart_and_foreign_checkpoints_are_discarded(tmp_path: Path) -> None:
+    run = run_fingerprint({"lr": 0.1, "steps": 3}, {"mllm": "model@sha256:aa"})
+    assert run == run_fingerprint({"steps": 3, "lr": 0.1}, {"mllm": "model@sha256:aa"})  # order-free
+    assert run != run_fingerprint({"lr": 0.2, "steps": 3}, {"mllm": "model@sha256:aa"})
+    assert run != run_fingerprint({"lr": 0.1, "steps": 3}, {"mllm": "model@sha256:bb"})
+
+    other = run_fingerprint({"lr": 0.2}, {})
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"m": net(0)}, rng=False, extra={"run": other})
+    assert discard_other_runs(tmp_path, other) == 0 and latest_checkpoint(tmp_path) is not None
+    assert discard_other_runs(tmp_path, run) == 2
+    assert latest_checkpoint(tmp_path) is None and not (tmp_path / "latest").exists()
+    assert load_latest(tmp_path, {"m": net(1)}) is None
+    save_checkpoint(tmp_path, 1, {"m": net(0)}, rng=False)  # no fingerprint recorded: foreign too
+    assert discard_other_runs(tmp_path, run) == 1
 
 
 def test_crash_leftovers_fall_back_to_newest_complete(tmp_path: Path) -> None:

@@ -226,3 +226,25 @@ def test_killed_run_resumes_to_the_same_sampler_as_a_straight_run(
     fresh = load_sampler("msjoe", {"seed": 0}).model.state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a)
     assert np.isfinite([h["loss"] for h in straight["history"]]).all()
+
+
+def test_checkpoints_of_another_run_are_discarded_not_resumed(
+    rl_items: list[TrainItem], rl_clip: FrozenClip, rl_mllm_dir: Path, tmp_path: Path
+) -> None:
+    pipeline = Pipeline(rl_clip, load_prepared_mllm(rl_mllm_dir), build_sampler("uniform"), None, PIPE_CFG)
+    difficulty = {item.qid: 0.3 for item in rl_items}
+    ckpt = tmp_path / "ckpt"
+    train_sampler(pipeline, rl_items, difficulty, tmp_path / "a", ckpt, stage1_cfg(steps=2, stop_after=1))
+    # Only bookkeeping changed (checkpoint cadence, no stop): the same run, resumed.
+    same = train_sampler(pipeline, rl_items, difficulty, tmp_path / "a", ckpt, stage1_cfg(steps=2, checkpoint_every=2))
+    assert same["resumed_from"] == 1
+    # A trajectory setting changed: the old run's checkpoints are removed and training starts at 0.
+    other = train_sampler(pipeline, rl_items, difficulty, tmp_path / "b", ckpt, stage1_cfg(steps=2, lr=0.01))
+    assert other["resumed_from"] == 0 and other["steps_done"] == 2
+    assert {read_meta(p)["extra"]["run"] for p in ckpt.glob("step_*")} == {
+        read_meta(latest_checkpoint(ckpt))["extra"]["run"]
+    }
+    # So did the frozen inputs (different difficulty = different data): afresh again.
+    harder = {qid: 0.6 for qid in difficulty}
+    again = train_sampler(pipeline, rl_items, harder, tmp_path / "c", ckpt, stage1_cfg(steps=2, lr=0.01))
+    assert again["resumed_from"] == 0

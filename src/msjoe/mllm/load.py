@@ -81,10 +81,14 @@ class MLLM:
     :meth:`sequence_log_probs` for their losses.
     """
 
-    def __init__(self, model: Any, processor: Any, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: Any, processor: Any, device: str | torch.device = "cpu", identity: str | None = None
+    ) -> None:
         import torch
 
         self.model = model
+        # A stable id of the weights (the stage manifest's), so trainers can tell runs apart.
+        self.identity = identity
         self.processor = processor
         self.device = torch.device(device)
         tokenizer = processor.tokenizer

@@ -46,9 +46,11 @@ import numpy as np
 import torch
 
 __all__ = [
+    "discard_other_runs",
     "latest_checkpoint",
     "load_latest",
     "read_meta",
+    "run_fingerprint",
     "save_checkpoint",
     "step_dirname",
 ]
@@ -289,6 +291,44 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
         log.warning("%s points to an incomplete checkpoint; using the newest complete one", pointer)
     dirs = _step_dirs(root)
     return dirs[-1][1] if dirs else None
+
+
+def run_fingerprint(settings: Mapping[str, Any], inputs: Mapping[str, Any]) -> str:
+    """A short stable id of a training run: its settings and the identities of its inputs.
+
+    Two runs share checkpoints only when they would follow the same trajectory, so
+    ``settings`` must leave out pure bookkeeping (how often to checkpoint, when to stop) and
+    ``inputs`` must name the *content* of what is loaded (weight identities, file hashes,
+    the training questions), not paths.
+    """
+    import hashlib
+
+    payload = json.dumps({"settings": dict(settings), "inputs": dict(inputs)}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def discard_other_runs(directory: str | Path, run: str) -> int:
+    """Delete the checkpoints of ``directory`` that belong to another run than ``run``.
+
+    A checkpoint directory outlives its run (DVC keeps it with ``persist: true`` so a killed
+    stage resumes), so after a change of settings or inputs it holds a *different* run's
+    state: resuming from it would continue the wrong trajectory, or fail on mismatched shapes
+    (a re-trained base model with a new vocabulary). Each checkpoint records its run's
+    fingerprint in ``extra["run"]``; checkpoints without one are treated as foreign too.
+    Returns how many checkpoint directories were removed (rank 0 removes, all ranks wait).
+    """
+    root = Path(directory)
+    foreign = [path for _, path in _step_dirs(root) if read_meta(path).get("extra", {}).get("run") != run]
+    rank, _ = _dist()
+    if foreign and rank == 0:
+        log.warning("%s: %d checkpoint(s) of another run (settings or inputs changed); starting afresh",
+                    root, len(foreign))
+        for path in foreign:
+            shutil.rmtree(path)
+        if (root / _LATEST).is_file() and latest_checkpoint(root) is None:
+            (root / _LATEST).unlink()
+    _barrier()
+    return len(foreign)
 
 
 def read_meta(checkpoint: str | Path) -> dict[str, Any]:

@@ -47,7 +47,15 @@ from msjoe.rl.rollout import (
     sampler_log_probs,
     step_seed,
 )
-from msjoe.rl.train_sampler import _from_mapping, _full_state_dict, _resume, new_sampler, save_sampler
+from msjoe.rl.train_sampler import (
+    _file_identity,
+    _from_mapping,
+    _full_state_dict,
+    _resume,
+    _run_id,
+    new_sampler,
+    save_sampler,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -262,7 +270,11 @@ def train_joint(
         sampler, s_opt, cfg.sampler_ds_config, s_sched,
         overrides=ds_overrides(micro, cfg.grad_accum, cfg.grad_clip, None, None),
     )
-    start, history = _resume(checkpoint_dir, {"mllm": m_engine, "sampler": s_engine})
+    run = _run_id(cfg, pipeline, {
+        "questions": [(item.qid, item.video, item.answer) for item in items],
+        "sampler_init": _file_identity(cfg.sampler_init),
+    })
+    start, history = _resume(checkpoint_dir, {"mllm": m_engine, "sampler": s_engine}, run)
     if start:
         log.info("stage 2 resumes at step %d of %d", start, cfg.steps)
     levels, max_q = sampler.config.levels, sampler.config.max_queries
@@ -394,7 +406,7 @@ def train_joint(
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint_dir, step, {"mllm": m_engine, "sampler": s_engine},
-                            extra={"history": history}, keep=cfg.keep_checkpoints)
+                            extra={"history": history, "run": run}, keep=cfg.keep_checkpoints)
 
     s_state = _full_state_dict(s_engine.module, s_engine.zero_optimization_stage())
     if rank == 0:

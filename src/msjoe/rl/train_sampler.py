@@ -275,9 +275,31 @@ def answer_letters(
 # training
 
 
-def _resume(checkpoint_dir: Path, models: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    from msjoe.rl.checkpoint import latest_checkpoint, load_latest, read_meta
+_BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "stop_after")
 
+
+def _run_id(cfg: Any, pipeline: Pipeline, inputs: Mapping[str, Any]) -> str:
+    """The run's fingerprint: trajectory-relevant settings, frozen models and data."""
+    from msjoe.rl.checkpoint import run_fingerprint
+
+    settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in _BOOKKEEPING}
+    models = {"mllm": pipeline.mllm.identity, "clip": pipeline.clip.identity}
+    return run_fingerprint(settings, {**models, **inputs})
+
+
+def _file_identity(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    from msjoe.video import sha256_file
+
+    return sha256_file(Path(path))
+
+
+def _resume(checkpoint_dir: Path, models: Mapping[str, Any], run: str) -> tuple[int, list[dict[str, Any]]]:
+    """Resume the latest checkpoint of this run (others' are discarded); ``(0, [])`` if none."""
+    from msjoe.rl.checkpoint import discard_other_runs, latest_checkpoint, load_latest, read_meta
+
+    discard_other_runs(checkpoint_dir, run)
     step = load_latest(checkpoint_dir, models)
     if step is None:
         return 0, []
@@ -335,7 +357,11 @@ def train_sampler(
     )
     overrides = ds_overrides(cfg.questions_per_step, cfg.grad_accum, cfg.grad_clip, cfg.zero_stage, cfg.ds_overrides)
     engine = build_engine(model, optimizer, cfg.ds_config, scheduler, overrides=overrides)
-    start, history = _resume(checkpoint_dir, {"sampler": engine})
+    run = _run_id(cfg, pipeline, {
+        "questions": [(item.qid, item.video, item.answer, float(c)) for item, c in zip(train, c_of, strict=True)],
+        "init": _file_identity(cfg.init),
+    })
+    start, history = _resume(checkpoint_dir, {"sampler": engine}, run)
     if start:
         log.info("stage 1 resumes at step %d of %d", start, cfg.steps)
     levels, max_q = model.config.levels, model.config.max_queries
@@ -391,7 +417,7 @@ def train_sampler(
             record["loss"], record["seconds"],
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(checkpoint_dir, step, {"sampler": engine}, extra={"history": history},
+            save_checkpoint(checkpoint_dir, step, {"sampler": engine}, extra={"history": history, "run": run},
                             keep=cfg.keep_checkpoints)
 
     state = _full_state_dict(engine.module, engine.zero_optimization_stage())
