@@ -319,6 +319,7 @@ def discard_other_runs(directory: str | Path, run: str) -> int:
     """
     root = Path(directory)
     foreign = [path for _, path in _step_dirs(root) if read_meta(path).get("extra", {}).get("run") != run]
+    _barrier()  # every rank has read the directory before rank 0 changes it
     rank, _ = _dist()
     if foreign and rank == 0:
         log.warning("%s: %d checkpoint(s) of another run (settings or inputs changed); starting afresh",
