@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msjoe.mllm.build import TinyMLLMConfig
 
 
 def write_random_clip(directory: Path, seed: int = 0) -> Path:
@@ -25,3 +29,11 @@ def write_random_clip(directory: Path, seed: int = 0) -> Path:
                      identity_for("msjoe-tiny-clip", "clip.pt", directory / "clip.pt")),
     )
     return directory
+
+
+def tiny_mllm_config() -> TinyMLLMConfig:
+    """The smallest demo Qwen2.5-VL the model and SFT tests build (seconds to train on a CPU)."""
+    from msjoe.mllm.build import TinyMLLMConfig
+
+    return TinyMLLMConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
+                          vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1)

@@ -14,6 +14,7 @@ from msjoe.mllm.batching import collate, conversation_images, encode_prompts
 from msjoe.mllm.build import QWEN_SPECIAL_TOKENS, TinyMLLMConfig, build_tiny_mllm
 from msjoe.mllm.load import MLLM, load_mllm
 from msjoe.mllm.prompts import build_answer_messages, build_query_messages
+from tests.models import tiny_mllm_config
 
 CORPUS = [
     "What colour was the star?",
@@ -26,16 +27,7 @@ CORPUS = [
     "a red star on a grey background",
 ]
 OPTIONS = ["red", "green", "blue", "yellow"]
-CFG = TinyMLLMConfig(
-    vocab_size=400,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    vision_hidden_size=32,
-    vision_intermediate_size=64,
-    vision_depth=1,
-)
+CFG = tiny_mllm_config()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,25 +11,17 @@ import pytest
 import torch
 
 from msjoe.mllm import sft
-from msjoe.mllm.build import TinyMLLMConfig, build_tiny_mllm
+from msjoe.mllm.build import build_tiny_mllm
 from msjoe.mllm.load import load_mllm
 from msjoe.mllm.parsing import parse_answer
 from msjoe.mllm.prompts import build_answer_messages
 from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune
+from tests.models import tiny_mllm_config
 
 QUESTION = "Which colour fills the frame?"
 OPTIONS = ["red", "green", "blue", "yellow"]
 COLOURS = {"A": (220, 30, 30), "B": (30, 200, 30), "C": (30, 30, 220), "D": (230, 230, 40)}
-CFG = TinyMLLMConfig(
-    vocab_size=400,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    vision_hidden_size=32,
-    vision_intermediate_size=64,
-    vision_depth=1,
-)
+CFG = tiny_mllm_config()
 
 
 @pytest.fixture(scope="module", autouse=True)
