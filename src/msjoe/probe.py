@@ -83,6 +83,16 @@ class _Worker:
         self.conn.close()
 
 
+def _crashed(path: Path, process: mp.process.BaseProcess) -> str:
+    """The reject reason of a dead worker, with its exit code (a signal is negative).
+
+    Its exit code is only known once it is reaped, which a ready sentinel or closed pipe does
+    not do, hence the join.
+    """
+    process.join(timeout=5.0)
+    return f"{path}: decoder crashed while reading this file (worker exit code {process.exitcode})"
+
+
 def probe_many(
     jobs: Iterable[tuple[str, Path]],
     workers: int = 2,
@@ -113,18 +123,15 @@ def probe_many(
                 if worker.conn in ready or worker.conn.poll():
                     try:
                         _, info, digest, error = worker.conn.recv()
-                    except (EOFError, OSError):  # the worker died mid-reply
-                        info = digest = None
-                        error = f"{path}: decoder process died while reading this file"
+                    except (EOFError, OSError):
+                        # The worker died; its pipe may close before its exit is seen.
+                        error = _crashed(path, worker.process)
                     else:
                         worker.job = None
                         yield ProbeResult(key, path, info, digest, error)
                         continue
                 elif worker.process.sentinel in ready or not worker.process.is_alive():
-                    error = (
-                        f"{path}: decoder crashed while reading this file "
-                        f"(worker exit code {worker.process.exitcode})"
-                    )
+                    error = _crashed(path, worker.process)
                 elif now - worker.started > timeout_s:
                     error = f"{path}: decoding took longer than {timeout_s:.0f} s (killed)"
                 else:

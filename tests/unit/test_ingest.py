@@ -170,7 +170,7 @@ def test_decoder_crash_and_hang_cost_one_video_only(tmp_path: Path) -> None:
     jobs = [(name, tmp_path / name) for name in ("a.mp4", "bomb.mp4", "b.mp4", "c.mp4")]
     results = {r.key: r for r in probe_many(jobs, workers=2, probe=_crash_on_bomb)}
     assert set(results) == {"a.mp4", "bomb.mp4", "b.mp4", "c.mp4"}
-    assert "decoder crashed" in results["bomb.mp4"].error
+    assert "decoder crashed" in results["bomb.mp4"].error and "exit code -6" in results["bomb.mp4"].error  # SIGABRT
     assert all(results[k].error is None for k in ("a.mp4", "b.mp4", "c.mp4"))
 
     jobs = [(name, tmp_path / name) for name in ("slow.mp4", "d.mp4")]
