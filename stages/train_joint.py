@@ -53,7 +53,8 @@ def main() -> None:
     from msjoe.clip.model import load_clip
     from msjoe.mllm.pretrain import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig
-    from msjoe.rl.rollout import dist_info, load_items
+    from msjoe.rl.engine import dist_info
+    from msjoe.rl.rollout import load_items
     from msjoe.rl.train_joint import JointTrainConfig, train_joint
     from msjoe.sampling import build_sampler
 

@@ -61,7 +61,8 @@ def main() -> None:
     from msjoe.mllm.pretrain import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig
     from msjoe.rl.difficulty import trainable_qids
-    from msjoe.rl.rollout import dist_info, load_items
+    from msjoe.rl.engine import dist_info
+    from msjoe.rl.rollout import load_items
     from msjoe.rl.train_sampler import SamplerTrainConfig, train_sampler
     from msjoe.sampling import build_sampler
 

@@ -20,6 +20,8 @@ The building blocks (:meth:`Pipeline.video_features`, :meth:`Pipeline.query_conv
 :meth:`Pipeline.generate_queries`, :meth:`Pipeline.similarity`, :meth:`Pipeline.select`,
 :meth:`Pipeline.answer_conversation`, :meth:`Pipeline.generate_answers`) are public so that
 batch evaluation reuses the exact same code with batching and caching across configurations.
+Each episode step is :mod:`msjoe.episode`'s, with this pipeline's models and settings; what is
+the pipeline's own is the candidate-feature cache, frame decoding, timings and failure counts.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe import episode
 from msjoe.features import FeatureStore, VideoFeatures, feature_key
-from msjoe.mllm.parsing import OPTION_LETTERS, QueryParse, parse_answer, parse_queries
-from msjoe.mllm.prompts import Conversation, build_answer_messages, build_query_messages, downscale
+from msjoe.mllm.parsing import OPTION_LETTERS, QueryParse
+from msjoe.mllm.prompts import Conversation
 from msjoe.sampling.base import FrameSampler, Selection
 from msjoe.video import candidate_indices, decode_frames, open_reader, sha256_file
 
@@ -217,52 +220,35 @@ class Pipeline:
     @staticmethod
     def preview_positions(n_candidates: int, budget: int) -> np.ndarray:
         """Candidate positions of the ``budget // 2`` previews (centres of equal segments)."""
-        n = min(max(budget // 2, 0), n_candidates)
-        if n == 0:
-            return np.zeros(0, dtype=np.int64)
-        return np.floor((np.arange(n) + 0.5) * n_candidates / n).astype(np.int64)
+        return episode.preview_positions(n_candidates, budget)
 
     def query_conversation(
         self, question: str, options: Sequence[str], previews: Sequence[np.ndarray]
     ) -> Conversation:
-        return build_query_messages(
-            question, options, list(previews), n_queries=self.cfg.n_queries,
-            preview_max_pixels=self.cfg.preview_size**2,
+        return episode.query_conversation(
+            question, options, previews, n_queries=self.cfg.n_queries, preview_size=self.cfg.preview_size
         )
-
-    def _generate(self, conversations: Sequence[Conversation], max_new_tokens: int) -> list[str]:
-        texts: list[str] = []
-        for start in range(0, len(conversations), self.cfg.batch_size):
-            chunk = list(conversations[start : start + self.cfg.batch_size])
-            results = self.mllm.generate(chunk, max_new_tokens=max_new_tokens, with_log_probs=False)
-            texts += [r.text for r in results]
-        return texts
 
     def generate_queries(
         self, conversations: Sequence[Conversation], questions: Sequence[str]
     ) -> list[tuple[QueryParse, str]]:
-        """Query turns, batched; an unparsable reply falls back to the question (counted)."""
-        out = []
-        for text, question in zip(self._generate(conversations, self.cfg.query_max_new_tokens), questions, strict=True):
-            parsed = parse_queries(text, self.cfg.n_queries)
-            if not parsed.ok:
-                self.query_failures += 1
-                log.debug("query turn unparsable, falling back to the question: %r", text[:200])
-                parsed = QueryParse(queries=[question.strip()], ok=False)
-            out.append((parsed, text))
-        return out
+        """Query turns, batched (greedy); an unparsable reply falls back to the question (counted)."""
+        turns = episode.query_turns(
+            self.mllm, conversations, questions, n_queries=self.cfg.n_queries,
+            max_new_tokens=self.cfg.query_max_new_tokens, batch_size=self.cfg.batch_size,
+        )
+        self.query_failures += episode.count_fallbacks(turns)
+        return [(turn.parsed, turn.text) for turn in turns]
 
     # ---------------------------------------------------------------- similarity + sampler
     def similarity(self, queries: Sequence[str], features: np.ndarray) -> np.ndarray:
         """Cosine matrix ``(n_queries, T)`` between CLIP text features and frame features."""
-        text = self.clip.encode_texts(list(queries))
-        return (text @ features.T).astype(np.float64)
+        return episode.similarity(self.clip, queries, features)
 
     def select(
         self, sampler: FrameSampler, sim: np.ndarray | None, budget: int, n_frames: int, seed: int | None = None
     ) -> Selection:
-        rng = np.random.default_rng(self.cfg.seed if seed is None else seed)
-        return sampler.select(sim if sampler.needs_similarity else None, budget, n_frames=n_frames, rng=rng)
+        return episode.select(sampler, sim, budget, n_frames, self.cfg.seed if seed is None else seed)
 
     @staticmethod
     def selected_frames(selection: Selection, features: VideoFeatures) -> list[SelectedFrame]:
@@ -273,40 +259,27 @@ class Pipeline:
 
     # ---------------------------------------------------------------- answer turn
     def answer_images(self, frames: Sequence[np.ndarray]) -> list[Any]:
-        if self.cfg.answer_size is None:
-            return list(frames)
-        return [downscale(f, self.cfg.answer_size**2) for f in frames]
+        return episode.answer_images(frames, self.cfg.answer_size)
 
     def answer_conversation(
         self, question: str, options: Sequence[str], frames: Sequence[np.ndarray]
     ) -> Conversation:
-        return build_answer_messages(question, options, self.answer_images(frames))
+        return episode.answer_conversation(question, options, frames, answer_size=self.cfg.answer_size)
 
     def generate_answers(
         self, conversations: Sequence[Conversation], options: Sequence[Sequence[str]]
     ) -> list[tuple[str | None, str]]:
-        """Answer turns, batched: ``(letter or None, raw text)`` per conversation."""
-        out = []
-        for text, opts in zip(self._generate(conversations, self.cfg.max_new_tokens), options, strict=True):
-            letter = parse_answer(text, len(opts), options=list(opts))
-            if letter is None:
-                self.answer_failures += 1
-            out.append((letter, text))
-        return out
+        """Answer turns, batched (greedy): ``(letter or None, raw text)`` per conversation."""
+        turns = episode.answer_turns(
+            self.mllm, conversations, options, max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size,
+        )
+        self.answer_failures += sum(not turn.ok for turn in turns)
+        return [(turn.letter, turn.text) for turn in turns]
 
     def visual_tokens(self, frames: Sequence[Any], max_pixels: int | None) -> int:
         """Visual tokens the MLLM spends on ``frames`` shown with at most ``max_pixels`` pixels."""
-        processor = self.mllm.processor.image_processor
-        merge = int(getattr(processor, "merge_size", 1)) ** 2
-        total = 0
-        for frame in frames:
-            image = downscale(frame, max_pixels) if max_pixels else frame
-            if isinstance(image, np.ndarray):
-                height, width = image.shape[:2]
-            else:
-                width, height = image.size
-            total += int(processor.get_number_of_image_patches(height, width)) // merge
-        return total
+        return episode.visual_tokens(self.mllm, frames, max_pixels)
 
     # ---------------------------------------------------------------- one question
     def answer(

@@ -18,6 +18,7 @@ import torch
 
 from msjoe.clip.manifest import ClipManifest, identity_for, write_manifest
 from msjoe.clip.model import FrozenClip, create_clip, load_clip
+from msjoe.episode import uniform_positions
 from msjoe.features import FeatureStore
 from msjoe.mllm.build import TinyMLLMConfig, build_tiny_mllm
 from msjoe.mllm.load import MLLM, load_mllm
@@ -26,7 +27,7 @@ from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
 from msjoe.pipeline import Pipeline, PipelineConfig, load_sampler
 from msjoe.rl.checkpoint import latest_checkpoint, read_meta
 from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune
-from msjoe.rl.rollout import FrameCache, TrainItem, load_items, uniform_positions
+from msjoe.rl.rollout import FrameCache, TrainItem, load_items
 from msjoe.rl.train_sampler import SamplerTrainConfig, train_sampler
 from msjoe.sampling import build_sampler
 from msjoe.video import sha256_file

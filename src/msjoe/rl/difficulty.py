@@ -6,6 +6,9 @@ would answer without a learned sampler: the training budget's K uniformly spaced
 answer turn sampled at temperature 1 (the same distribution stage 1's answers come from), ``n``
 attempts per question. A question the base model always gets right (``c = 1``) can only be
 penalised, so it is dropped from RL training; the count is reported, never dropped silently.
+
+The answer turn and the correctness decision are the episode's (:mod:`msjoe.episode`, batched
+by :func:`msjoe.rl.rollout.answer_rollouts`), the same the trainers and evaluation use.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msjoe.mllm.parsing import parse_answer
-from msjoe.rl.rollout import FrameCache, TrainItem, step_seed, uniform_positions
+from msjoe.episode import is_correct, uniform_positions
+from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, step_seed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,27 +83,17 @@ def measure_difficulty(
 
     started = time.perf_counter()
     frames = frames or FrameCache()
-    convs = []
-    owners = []
-    for i, item in enumerate(items):
-        conv = pipeline.answer_conversation(
-            item.question, item.options, frames.frames(item, uniform_positions(item.n_candidates, cfg.budget))
-        )
-        convs += [conv] * cfg.n_attempts
-        owners += [i] * cfg.n_attempts
+    answers = answer_rollouts(
+        pipeline, items, [uniform_positions(item.n_candidates, cfg.budget) for item in items], frames,
+        temperature=cfg.temperature, seed=lambda b: step_seed(cfg.seed, b), batch_size=cfg.batch_size,
+        repeat=cfg.n_attempts, max_new_tokens=cfg.max_new_tokens,
+    )
     correct = np.zeros(len(items), dtype=np.int64)
     failures = np.zeros(len(items), dtype=np.int64)
-    for b, start in enumerate(range(0, len(convs), cfg.batch_size)):
-        chunk = convs[start : start + cfg.batch_size]
-        results = pipeline.mllm.generate(
-            chunk, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-            seed=step_seed(cfg.seed, b), with_log_probs=False,
-        )
-        for owner, result in zip(owners[start : start + cfg.batch_size], results, strict=True):
-            item = items[owner]
-            letter = parse_answer(result.text, len(item.options), options=list(item.options))
-            failures[owner] += letter is None
-            correct[owner] += letter is not None and letter == item.answer.strip().upper()
+    for n, answer in enumerate(answers):
+        owner = n // cfg.n_attempts
+        failures[owner] += not answer.turn.ok
+        correct[owner] += is_correct(answer.turn.letter, items[owner].answer)
     c = correct / cfg.n_attempts
     table = pd.DataFrame(
         {
@@ -119,7 +112,7 @@ def measure_difficulty(
         "n_trainable": len(items) - solved,
         "n_never_solved": int((c == 0.0).sum()),
         "mean_pass_rate": float(c.mean()) if len(c) else 0.0,
-        "parse_failure_rate": float(failures.sum() / max(len(convs), 1)),
+        "parse_failure_rate": float(failures.sum() / max(len(answers), 1)),
         "pass_rate_histogram": {f"{lo:.1f}-{hi:.1f}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], hist)},
         "seconds": time.perf_counter() - started,
         "config": asdict(cfg),

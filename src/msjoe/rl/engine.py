@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; deepspeed is heavy to impor
 __all__ = [
     "AUTO_DEFAULTS",
     "build_engine",
+    "dist_info",
+    "ds_overrides",
     "ensure_distributed_env",
     "load_ds_config",
     "uses_cuda",
@@ -74,6 +76,30 @@ def uses_cuda() -> bool:
 
     forced = os.environ.get("DS_ACCELERATOR")
     return torch.cuda.is_available() and forced in (None, "", "cuda")
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from the launcher's environment (0, 1 for a plain process)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def ds_overrides(
+    micro_batch: int, grad_accum: int, grad_clip: float, zero_stage: int | None, extra: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """DeepSpeed config overrides (for :func:`load_ds_config`) from a stage's training parameters.
+
+    >>> ds_overrides(4, 2, 1.0, 3, {"bf16.enabled": False})["zero_optimization.stage"]
+    3
+    """
+    out: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": int(micro_batch),
+        "gradient_accumulation_steps": int(grad_accum),
+        "gradient_clipping": float(grad_clip),
+    }
+    if zero_stage is not None:
+        out["zero_optimization.stage"] = int(zero_stage)
+    out.update(dict(extra or {}))
+    return out
 
 
 def _free_port() -> int:

@@ -24,6 +24,8 @@ from typing import Literal
 
 import numpy as np
 
+from msjoe.episode import is_correct
+
 __all__ = [
     "InfoReward",
     "RewardBreakdown",
@@ -44,8 +46,9 @@ _EPS = 1e-12
 def accuracy_reward(pred_letter: str | None, answer: str) -> float:
     """1.0 when the predicted option letter is the correct one, else 0.0.
 
-    Letters compare case-insensitively and ignoring surrounding whitespace. A failed answer
-    parse (``None`` or an empty string) is simply wrong: it earns nothing, it is not an error.
+    The decision is :func:`msjoe.episode.is_correct` (the one every consumer uses): letters
+    compare case-insensitively and ignoring surrounding whitespace; a failed answer parse
+    (``None`` or an empty string) is simply wrong: it earns nothing, it is not an error.
 
     >>> accuracy_reward("B", "B")
     1.0
@@ -56,11 +59,7 @@ def accuracy_reward(pred_letter: str | None, answer: str) -> float:
     >>> accuracy_reward(None, "B")
     0.0
     """
-    if not answer or not answer.strip():
-        raise ValueError("answer must be a non-empty option letter")
-    if pred_letter is None or not pred_letter.strip():
-        return 0.0
-    return 1.0 if pred_letter.strip().upper() == answer.strip().upper() else 0.0
+    return 1.0 if is_correct(pred_letter, answer) else 0.0
 
 
 def format_reward(query_ok: bool, answer_ok: bool, bonus: float = 0.1) -> float:

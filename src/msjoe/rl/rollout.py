@@ -1,10 +1,15 @@
-"""What every RL stage shares: training questions with cached frame features, decoded frames,
-seeded randomness per step, the sampler's draw, schedules and resource figures.
+"""The RL rollouts: their questions and frames, their seeding, and their batched episodes.
 
-Kept apart from the training loops so the ``difficulty`` stage, stage 1 (sampler REINFORCE) and
-stage 2 (joint GRPO) build their inputs the same way as evaluation does: candidate features come
-from the embed stage's cache (``index.parquet`` + :class:`~msjoe.features.FeatureStore`), the
-conversations from :class:`~msjoe.pipeline.Pipeline`'s building blocks.
+The ``difficulty`` stage, stage 1 (sampler REINFORCE) and stage 2 (joint GRPO) roll out the
+episode of :mod:`msjoe.episode` on training questions; this module gives them
+
+* the inputs, built the way evaluation builds them: :class:`TrainItem` (a question joined with
+  its video's candidate features from the embed stage's cache, :func:`load_items`) and
+  :class:`FrameCache` (each frame decoded once per run);
+* the turns, batched over many questions and rollouts: :func:`query_rollouts` (query turn +
+  CLIP similarity) and :func:`answer_rollouts` (answer turn on chosen frames), with a
+  :class:`~msjoe.pipeline.Pipeline`'s models and turn settings. The sampler's draw between
+  them and the scoring after them are :mod:`msjoe.episode`'s, called by the trainers.
 
 **Randomness.** Every random choice of a training step (which questions, the Gumbel noise, the
 MLLM's sampled tokens) is seeded from ``(seed, step, micro-batch, rank)`` through
@@ -16,35 +21,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import os
-import resource
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from msjoe import episode
 from msjoe.features import FeatureStore, VideoFeatures
 from msjoe.pipeline import FrameSource
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
+
+    from msjoe.episode import AnswerTurn, QueryTurn, Seed
+    from msjoe.mllm.prompts import Conversation
+    from msjoe.pipeline import Pipeline
 
 __all__ = [
+    "AnswerRollout",
     "FrameCache",
+    "QueryRollout",
     "TrainItem",
-    "dist_info",
-    "draw_frames",
+    "answer_rollouts",
     "load_items",
-    "lr_lambda",
-    "peak_rss_mb",
-    "sampler_log_probs",
+    "query_rollouts",
     "step_seed",
-    "uniform_positions",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,13 +145,6 @@ class FrameCache:
         return source.get(item.features.indices[np.asarray(positions, dtype=np.int64)])
 
 
-def uniform_positions(n_candidates: int, k: int) -> np.ndarray:
-    """Candidate positions of ``k`` uniform frames (centres of equal segments), as the
-    ``uniform`` baseline picks them; ``k`` is capped at ``n_candidates``."""
-    k = min(int(k), int(n_candidates))
-    return np.floor((np.arange(k) + 0.5) * n_candidates / k).astype(np.int64)
-
-
 def step_seed(seed: int, *parts: int) -> int:
     """A 63-bit seed derived from ``seed`` and the step coordinates (stable across runs).
 
@@ -159,89 +155,99 @@ def step_seed(seed: int, *parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) from the launcher's environment (0, 1 for a plain process)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+# --------------------------------------------------------------------------------------------
+# batched episode turns
 
 
-def sampler_log_probs(
-    sampler: torch.nn.Module, sims: Sequence[np.ndarray], max_queries: int, levels: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame log-probabilities ``(B, T_pad)`` (float32, differentiable) and the frame mask.
+@dataclass(frozen=True)
+class QueryRollout:
+    """One rollout's query turn: its ``conversation``, the ``turn`` (parsed queries, or the
+    question as the fallback) and the similarity ``sim`` ``(n_queries, T)`` of the queries used."""
 
-    ``sampler`` is a :class:`~msjoe.sampling.unet.UNetSampler` or a DeepSpeed engine wrapping
-    one (its forward returns logits); inputs are cast to the sampler's device and dtype (bf16
-    under DeepSpeed on GPUs), the softmax is taken in float32.
+    conversation: Conversation
+    turn: QueryTurn
+    sim: np.ndarray
+
+
+@dataclass(frozen=True)
+class AnswerRollout:
+    """One rollout's answer turn: its ``conversation`` and the ``turn`` (parsed letter)."""
+
+    conversation: Conversation
+    turn: AnswerTurn
+
+
+def query_rollouts(
+    pipeline: Pipeline,
+    items: Sequence[TrainItem],
+    budget: int,
+    frames: FrameCache,
+    *,
+    temperature: float,
+    seed: Seed,
+    batch_size: int | None = None,
+    repeat: int = 1,
+    with_log_probs: bool = False,
+) -> list[QueryRollout]:
+    """Query turns (``budget // 2`` previews) and their similarity matrices.
+
+    Each item's conversation is built once and rolled out ``repeat`` times in a row (a GRPO
+    group); the result has ``len(items) * repeat`` entries. The MLLM is ``pipeline.mllm``; turn
+    length and query count are ``pipeline.cfg``'s.
     """
-    import torch
+    cfg = pipeline.cfg
+    convs: list[Conversation] = []
+    questions: list[str] = []
+    owners: list[TrainItem] = []
+    for item in items:
+        previews = frames.frames(item, episode.preview_positions(item.n_candidates, budget))
+        conv = episode.query_conversation(
+            item.question, item.options, previews, n_queries=cfg.n_queries, preview_size=cfg.preview_size
+        )
+        convs += [conv] * repeat
+        questions += [item.question] * repeat
+        owners += [item] * repeat
+    turns = episode.query_turns(
+        pipeline.mllm, convs, questions, n_queries=cfg.n_queries, max_new_tokens=cfg.query_max_new_tokens,
+        temperature=temperature, batch_size=batch_size, seed=seed, with_log_probs=with_log_probs,
+    )
+    return [
+        QueryRollout(conv, turn, episode.similarity(pipeline.clip, turn.queries, item.features.features))
+        for conv, turn, item in zip(convs, turns, owners, strict=True)
+    ]
 
-    from msjoe.sampling.unet import prepare_inputs
 
-    param = next(sampler.parameters())
-    x, mask = prepare_inputs(list(sims), levels, max_queries)
-    logits = sampler(x.to(param.device, dtype=param.dtype), mask.to(param.device))
-    return torch.log_softmax(logits.float(), dim=-1), mask.to(param.device)
+def answer_rollouts(
+    pipeline: Pipeline,
+    items: Sequence[TrainItem],
+    positions: Sequence[np.ndarray],
+    frames: FrameCache,
+    *,
+    temperature: float,
+    seed: Seed,
+    batch_size: int | None = None,
+    repeat: int = 1,
+    with_log_probs: bool = False,
+    max_new_tokens: int | None = None,
+) -> list[AnswerRollout]:
+    """Answer turns on the frames at candidate ``positions`` (one array per item).
 
-
-def draw_frames(
-    logp: torch.Tensor, mask: torch.Tensor, k: int, seed: int
-) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Gumbel-top-k draws of ``k`` frames per row (seeded), and each row's positions by time.
-
-    Returns the picks in draw order ``(B, k)`` (``-1`` where a video has fewer than ``k``
-    candidates) for the log-probability, and the time-sorted positions the MLLM is shown.
+    Each item's conversation is built once and rolled out ``repeat`` times in a row; the result
+    has ``len(items) * repeat`` entries. The MLLM is ``pipeline.mllm``; ``max_new_tokens``
+    defaults to ``pipeline.cfg``'s.
     """
-    import torch
-
-    from msjoe.sampling.draw import gumbel_topk, sort_by_time
-
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = gumbel_topk(logp.detach().cpu(), k, mask.cpu(), generator=gen)
-    ordered = sort_by_time(idx)
-    positions = [row[row >= 0].numpy().astype(np.int64) for row in ordered]
-    return idx.to(logp.device), positions
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, schedule: str = "cosine", min_ratio: float = 0.1) -> Any:
-    """Multiplier of the base learning rate per optimiser step: linear warm-up, then
-    ``"constant"``, ``"linear"`` or ``"cosine"`` decay to ``min_ratio`` at ``total_steps``.
-
-    >>> f = lr_lambda(2, 10, "cosine", 0.0)
-    >>> [round(f(s), 3) for s in (0, 1, 2, 10)]
-    [0.5, 1.0, 1.0, 0.0]
-    """
-    if schedule not in ("constant", "linear", "cosine"):
-        raise ValueError(f"schedule must be constant, linear or cosine, got {schedule!r}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        span = max(total_steps - warmup_steps, 1)
-        progress = min(max(step - warmup_steps, 0) / span, 1.0)
-        shape = 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        return min_ratio + (1.0 - min_ratio) * shape
-
-    return factor
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-
-
-def ds_overrides(
-    micro_batch: int, grad_accum: int, grad_clip: float, zero_stage: int | None, extra: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """DeepSpeed config overrides from a stage's training parameters."""
-    out: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": int(micro_batch),
-        "gradient_accumulation_steps": int(grad_accum),
-        "gradient_clipping": float(grad_clip),
-    }
-    if zero_stage is not None:
-        out["zero_optimization.stage"] = int(zero_stage)
-    out.update(dict(extra or {}))
-    return out
+    cfg = pipeline.cfg
+    convs: list[Conversation] = []
+    options: list[tuple[str, ...]] = []
+    for item, pos in zip(items, positions, strict=True):
+        conv = episode.answer_conversation(
+            item.question, item.options, frames.frames(item, pos), answer_size=cfg.answer_size
+        )
+        convs += [conv] * repeat
+        options += [item.options] * repeat
+    turns = episode.answer_turns(
+        pipeline.mllm, convs, options,
+        max_new_tokens=cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        temperature=temperature, batch_size=batch_size, seed=seed, with_log_probs=with_log_probs,
+    )
+    return [AnswerRollout(conv, turn) for conv, turn in zip(convs, turns, strict=True)]

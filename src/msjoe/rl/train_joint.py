@@ -13,8 +13,10 @@ the same advantage drives
   frozen copy of the starting model only when ``kl_coef > 0`` (no reference model otherwise);
 * REINFORCE on the sampler's draw log-probability.
 
-Both models train through DeepSpeed engines (one per model, one process group); the MLLM's
-config is the stage's choice (ZeRO-3 at paper scale), the sampler's is small and separate.
+The rollouts are :mod:`msjoe.episode`'s steps, batched by :mod:`msjoe.rl.rollout` and scored
+by :func:`msjoe.episode.score`. Both models train through DeepSpeed engines (one per model, one
+process group); the MLLM's config is the stage's choice (ZeRO-3 at paper scale), the sampler's
+is small and separate.
 Gradient accumulation, clipping and the learning-rate schedules are the engines'. Checkpoints,
 resume and seeding work as in stage 1 (:mod:`msjoe.rl.train_sampler`). Final outputs under
 ``out_dir``: ``sampler.pt`` and ``model/`` (``save_pretrained`` of model + processor) with an
@@ -34,19 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msjoe.mllm.parsing import QueryParse, parse_answer, parse_queries
-from msjoe.rl.rewards import total_reward
-from msjoe.rl.rollout import (
-    FrameCache,
-    TrainItem,
-    dist_info,
-    draw_frames,
-    ds_overrides,
-    lr_lambda,
-    peak_rss_mb,
-    sampler_log_probs,
-    step_seed,
-)
+from msjoe import episode
+from msjoe.rl.engine import dist_info, ds_overrides
+from msjoe.rl.resources import peak_rss_mb
+from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, query_rollouts, step_seed
+from msjoe.rl.schedule import lr_lambda
 from msjoe.rl.train_sampler import (
     _file_identity,
     _from_mapping,
@@ -231,12 +225,10 @@ def train_joint(
     import torch
 
     from msjoe.mllm.load import MLLM
-    from msjoe.pipeline import Pipeline as _Pipeline
     from msjoe.rl.advantages import group_normalised
     from msjoe.rl.checkpoint import save_checkpoint
     from msjoe.rl.engine import build_engine
     from msjoe.rl.grpo import grpo_loss, reinforce_loss
-    from msjoe.sampling.draw import plackett_luce_log_prob, sum_log_prob
 
     started = time.perf_counter()
     rank, world = dist_info()
@@ -300,36 +292,20 @@ def train_joint(
             rng = np.random.default_rng(step_seed(cfg.seed, step, mb, rank))
             chosen = rng.choice(len(items), size=n_q, replace=False)
             batch = [items[i] for i in chosen for _ in range(G)]
-            q_convs = []
-            for i in chosen:
-                item = items[i]
-                previews = frames.frames(item, _Pipeline.preview_positions(item.n_candidates, cfg.budget))
-                q_convs += [pipeline.query_conversation(item.question, item.options, previews)] * G
-            q_results = mllm.generate(
-                q_convs, max_new_tokens=pipeline.cfg.query_max_new_tokens, temperature=cfg.query_temperature,
-                seed=step_seed(cfg.seed, step, mb, rank, 1),
+            queries = query_rollouts(
+                pipeline, [items[i] for i in chosen], cfg.budget, frames, temperature=cfg.query_temperature,
+                seed=step_seed(cfg.seed, step, mb, rank, 1), repeat=G, with_log_probs=True,
             )
-            parses, sims = [], []
-            for item, result in zip(batch, q_results, strict=True):
-                parsed = parse_queries(result.text, pipeline.cfg.n_queries)
-                used = parsed if parsed.ok else QueryParse(queries=[item.question.strip()], ok=False)
-                parses.append(parsed)
-                sims.append(pipeline.similarity(used.queries, item.features.features))
-            logp, mask = sampler_log_probs(s_engine, sims, max_q, levels)
-            idx, positions = draw_frames(logp, mask, cfg.budget, step_seed(cfg.seed, step, mb, rank, 2))
-            a_convs = [
-                pipeline.answer_conversation(item.question, item.options, frames.frames(item, pos))
-                for item, pos in zip(batch, positions, strict=True)
-            ]
-            a_results = mllm.generate(
-                a_convs, max_new_tokens=pipeline.cfg.max_new_tokens, temperature=cfg.answer_temperature,
-                seed=step_seed(cfg.seed, step, mb, rank, 3),
+            logp, mask = episode.sampler_log_probs(s_engine, [q.sim for q in queries], max_q, levels)
+            idx, positions = episode.draw_frames(logp, mask, cfg.budget, step_seed(cfg.seed, step, mb, rank, 2))
+            answers = answer_rollouts(
+                pipeline, batch, positions, frames, temperature=cfg.answer_temperature,
+                seed=step_seed(cfg.seed, step, mb, rank, 3), with_log_probs=True,
             )
             rewards = []
-            for item, parsed, sim, result in zip(batch, parses, sims, a_results, strict=True):
-                letter = parse_answer(result.text, len(item.options), options=list(item.options))
-                r = total_reward(
-                    letter, item.answer, parsed.ok, letter is not None, sim if parsed.ok else None, logit_scale,
+            for item, q, a in zip(batch, queries, answers, strict=True):
+                r = episode.score(
+                    q.turn, q.sim, a.turn, item.answer, logit_scale,
                     tau=cfg.tau, transform=cfg.transform,  # type: ignore[arg-type]
                     info_weight=cfg.info_weight, format_bonus=cfg.format_bonus,
                 )
@@ -339,13 +315,15 @@ def train_joint(
                 agg["info"].append(r.info)
                 agg["info_fired"].append(r.info_fired)
                 agg["fires"].append(float(r.info > 0))
-                agg["query_ok"].append(float(parsed.ok))
-                agg["answer_ok"].append(float(letter is not None))
+                agg["query_ok"].append(float(q.turn.ok))
+                agg["answer_ok"].append(float(a.turn.ok))
             agg["reward"] += rewards
             adv = group_normalised(torch.tensor(rewards, dtype=torch.float32).view(n_q, G)).flatten()
             gen_s += time.perf_counter() - t0
 
             t0 = time.perf_counter()
+            q_convs, q_results = [q.conversation for q in queries], [q.turn.result for q in queries]
+            a_convs, a_results = [a.conversation for a in answers], [a.turn.result for a in answers]
             new_q, old_q, mask_q, cut_q = _turn_log_probs(policy, q_convs, q_results, cfg.query_temperature, forbidden)
             new_a, old_a, mask_a, cut_a = _turn_log_probs(policy, a_convs, a_results, cfg.answer_temperature,
                                                           forbidden)
@@ -368,7 +346,7 @@ def train_joint(
                                       logp_ref=ref)
             m_engine.backward(m_loss)
             m_engine.step()
-            draw_lp = sum_log_prob(logp, idx) if cfg.log_prob == "sum" else plackett_luce_log_prob(logp, idx)
+            draw_lp = episode.draw_log_prob(logp, idx, cfg.log_prob)
             s_loss = reinforce_loss(draw_lp, adv.to(draw_lp.device))
             s_engine.backward(s_loss)
             s_engine.step()

@@ -14,6 +14,9 @@ backward and step through a DeepSpeed engine (gradient accumulation, clipping an
 learning-rate schedule are the engine's). Questions with ``c = 1`` never reach this module
 (:func:`msjoe.rl.difficulty.trainable_qids`).
 
+The episode's steps are :mod:`msjoe.episode`'s, batched over questions by
+:mod:`msjoe.rl.rollout`; correctness is :func:`msjoe.episode.is_correct`.
+
 Checkpoints (:mod:`msjoe.rl.checkpoint`) every ``checkpoint_every`` steps hold the engine
 (sampler, optimiser, scheduler), RNG states, the step and the metric history; re-running the
 stage resumes from the newest one and finishes with the same number of steps and, because every
@@ -33,18 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from msjoe.mllm.parsing import QueryParse, parse_answer, parse_queries
-from msjoe.rl.rollout import (
-    FrameCache,
-    TrainItem,
-    dist_info,
-    draw_frames,
-    ds_overrides,
-    lr_lambda,
-    peak_rss_mb,
-    sampler_log_probs,
-    step_seed,
-)
+from msjoe import episode
+from msjoe.rl.engine import dist_info, ds_overrides
+from msjoe.rl.resources import peak_rss_mb
+from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, query_rollouts, step_seed
+from msjoe.rl.schedule import lr_lambda
 
 if TYPE_CHECKING:
     import torch
@@ -53,11 +49,8 @@ if TYPE_CHECKING:
     from msjoe.sampling.unet import UNetConfig, UNetSampler
 
 __all__ = [
-    "QueryCache",
     "SamplerTrainConfig",
-    "answer_letters",
     "new_sampler",
-    "prepare_queries",
     "save_sampler",
     "train_sampler",
     "unet_config",
@@ -197,81 +190,6 @@ def save_sampler(path: Path, module: UNetSampler, state_dict: Mapping[str, Any] 
 
 
 # --------------------------------------------------------------------------------------------
-# MLLM turns
-
-
-@dataclass(frozen=True)
-class QueryCache:
-    """One question's frozen query turn: parsed queries (``ok`` False: the question was used),
-    the raw text and the similarity matrix ``(n_queries, T)``."""
-
-    queries: tuple[str, ...]
-    ok: bool
-    text: str
-    sim: np.ndarray
-
-
-def prepare_queries(
-    pipeline: Pipeline,
-    items: Sequence[TrainItem],
-    budget: int,
-    frames: FrameCache,
-    *,
-    temperature: float = 0.0,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> list[QueryCache]:
-    """Query turns of the frozen MLLM for every item (``budget // 2`` previews), batched, and
-    their similarity matrices against the cached frame features."""
-    from msjoe.pipeline import Pipeline as _Pipeline
-
-    convs = []
-    for item in items:
-        previews = frames.frames(item, _Pipeline.preview_positions(item.n_candidates, budget))
-        convs.append(pipeline.query_conversation(item.question, item.options, previews))
-    out: list[QueryCache] = []
-    n_queries = pipeline.cfg.n_queries
-    for b, start in enumerate(range(0, len(convs), batch_size)):
-        results = pipeline.mllm.generate(
-            convs[start : start + batch_size], max_new_tokens=pipeline.cfg.query_max_new_tokens,
-            temperature=temperature, seed=step_seed(seed, -1, b), with_log_probs=False,
-        )
-        for item, result in zip(items[start : start + batch_size], results, strict=True):
-            parsed = parse_queries(result.text, n_queries)
-            if not parsed.ok:
-                parsed = QueryParse(queries=[item.question.strip()], ok=False)
-            sim = pipeline.similarity(parsed.queries, item.features.features)
-            out.append(QueryCache(tuple(parsed.queries), parsed.ok, result.text, sim))
-    return out
-
-
-def answer_letters(
-    pipeline: Pipeline,
-    items: Sequence[TrainItem],
-    positions: Sequence[np.ndarray],
-    frames: FrameCache,
-    *,
-    temperature: float,
-    batch_size: int,
-    seed: int,
-) -> list[str | None]:
-    """The frozen MLLM's parsed answer letter for each item shown the frames at ``positions``."""
-    convs = [
-        pipeline.answer_conversation(item.question, item.options, frames.frames(item, pos))
-        for item, pos in zip(items, positions, strict=True)
-    ]
-    letters: list[str | None] = []
-    for b, start in enumerate(range(0, len(convs), batch_size)):
-        results = pipeline.mllm.generate(
-            convs[start : start + batch_size], max_new_tokens=pipeline.cfg.max_new_tokens,
-            temperature=temperature, seed=step_seed(seed, b), with_log_probs=False,
-        )
-        for item, result in zip(items[start : start + batch_size], results, strict=True):
-            letters.append(parse_answer(result.text, len(item.options), options=list(item.options)))
-    return letters
-
-
-# --------------------------------------------------------------------------------------------
 # training
 
 
@@ -333,7 +251,7 @@ def train_sampler(
     from msjoe.rl.checkpoint import save_checkpoint
     from msjoe.rl.engine import build_engine
     from msjoe.rl.grpo import reinforce_loss
-    from msjoe.sampling.draw import masked_entropy, plackett_luce_log_prob, sum_log_prob
+    from msjoe.sampling.draw import masked_entropy
 
     started = time.perf_counter()
     rank, world = dist_info()
@@ -343,9 +261,10 @@ def train_sampler(
     c_of = np.array([float(difficulty[item.qid]) for item in train])
     frames = FrameCache()
     tick = time.perf_counter()
-    queries = prepare_queries(
+    # the frozen MLLM's query turns and similarities, once for the run
+    queries = query_rollouts(
         pipeline, train, cfg.budget, frames, temperature=cfg.query_temperature,
-        batch_size=cfg.batch_size, seed=cfg.seed,
+        batch_size=cfg.batch_size, seed=lambda b: step_seed(cfg.seed, -1, b),
     )
     query_seconds = time.perf_counter() - tick
 
@@ -379,16 +298,18 @@ def train_sampler(
             rng = np.random.default_rng(step_seed(cfg.seed, step, micro, rank))
             chosen = rng.choice(len(train), size=k, replace=False)
             batch = [train[i] for i in chosen]
-            logp, mask = sampler_log_probs(engine, [queries[i].sim for i in chosen], max_q, levels)
-            idx, positions = draw_frames(logp, mask, cfg.budget, step_seed(cfg.seed, step, micro, rank, 1))
-            letters = answer_letters(
+            logp, mask = episode.sampler_log_probs(engine, [queries[i].sim for i in chosen], max_q, levels)
+            idx, positions = episode.draw_frames(logp, mask, cfg.budget, step_seed(cfg.seed, step, micro, rank, 1))
+            answer_seed = step_seed(cfg.seed, step, micro, rank, 2)
+            answers = answer_rollouts(
                 pipeline, batch, positions, frames, temperature=cfg.answer_temperature,
-                batch_size=cfg.batch_size, seed=step_seed(cfg.seed, step, micro, rank, 2),
+                batch_size=cfg.batch_size, seed=lambda b: step_seed(answer_seed, b),
             )
-            correct = torch.tensor([ltr is not None and ltr == it.answer.strip().upper() for ltr, it in zip(letters, batch, strict=True)])
+            correct = torch.tensor([episode.is_correct(a.turn.letter, it.answer)
+                                    for a, it in zip(answers, batch, strict=True)])
             c = torch.tensor(c_of[chosen], dtype=torch.float32)
             adv = difficulty_advantage(correct, c, clamp=cfg.clamp).to(logp.device)
-            draw_lp = sum_log_prob(logp, idx) if cfg.log_prob == "sum" else plackett_luce_log_prob(logp, idx)
+            draw_lp = episode.draw_log_prob(logp, idx, cfg.log_prob)
             entropy = masked_entropy(logp).mean()
             loss = reinforce_loss(draw_lp, adv) - cfg.entropy_coef * entropy
             engine.backward(loss)
@@ -430,7 +351,7 @@ def train_sampler(
         "resumed_from": start,
         "world_size": world,
         "n_train_questions": len(train),
-        "query_parse_rate": float(np.mean([q.ok for q in queries])),
+        "query_parse_rate": float(np.mean([q.turn.ok for q in queries])),
         "query_seconds": query_seconds,
         "final_accuracy": float(np.mean([h["accuracy"] for h in tail])),
         "final_uniform_pass_rate": float(np.mean([h["uniform_pass_rate"] for h in tail])),
