@@ -1,5 +1,10 @@
 """DVC stage `evaluate`: every sampler x budget on the evaluation split (params: evaluate, embed.fps/max_candidates).
 
+A sampler entry may set ``queries: question|generated|none`` (default: the pipeline's choice for
+that sampler), so a baseline can be evaluated as published and with generated queries. The
+claims declared under ``evaluate.claims`` are checked against the samplers and budgets before
+anything runs and tested on the per-question predictions at the end (report key ``claims``).
+
 Also runs on any benchmark converted to our schema and ingested (``--questions``), scored in the
 benchmark's official style (``metric_style: mlvu_mean_task`` for MLVU).
 """
@@ -35,7 +40,7 @@ def main() -> None:
     set_threads(p.get("threads"))
 
     from msjoe.clip.model import load_clip
-    from msjoe.evaluate import accuracy_plot_rows, evaluate, merge_results
+    from msjoe.evaluate import ORACLE, accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims
     from msjoe.features import FeatureStore
     from msjoe.mllm.pretrain import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig, load_sampler
@@ -50,6 +55,14 @@ def main() -> None:
     if questions.empty:
         raise SystemExit(f"{args.questions} has no questions in split {split!r}")
 
+    budgets = p.get("budgets", [4, 8, 16])
+    specs = p.get("samplers") or {}
+    labels = list(specs) + ([ORACLE] if p.get("oracle", True) else [])
+    try:  # a claim about something not evaluated fails now, not after the whole grid
+        claims = parse_claims(p.get("claims"), budgets, labels)
+    except ValueError as err:
+        raise SystemExit(f"evaluate.claims: {err}") from None
+
     cfg = PipelineConfig.from_mapping(
         {"fps": embed["fps"], "max_candidates": embed["max_candidates"], "seed": p.get("seed", 0),
          **(p.get("pipeline") or {})}
@@ -57,7 +70,8 @@ def main() -> None:
     mllms = dict(spec.split("=", 1) if "=" in spec else ("base", spec) for spec in args.mllm)
     default = next(iter(mllms))
     groups: dict[str, dict] = {name: {} for name in mllms}
-    for label, spec in (p.get("samplers") or {}).items():
+    overrides = {label: spec.get("queries") for label, spec in specs.items()}
+    for label, spec in specs.items():
         name = spec.get("mllm", default)
         if name not in mllms:
             raise SystemExit(f"sampler {label}: unknown mllm {name!r}; given: {', '.join(mllms)}")
@@ -71,13 +85,17 @@ def main() -> None:
         pipeline = Pipeline(clip, load_prepared_mllm(Path(mllms[name]), device=device),
                             next(iter(samplers.values())), FeatureStore(args.features), cfg)
         results.append(evaluate(
-            questions, args.video_root, pipeline, samplers, p.get("budgets", [4, 8, 16]),
+            questions, args.video_root, pipeline, samplers, budgets,
             oracle=bool(p.get("oracle", True)) and name == default, metric_style=p.get("metric_style", "accuracy"),
             n_examples=int(p.get("n_example_figures", 0)) if name == default else 0,
             evidence_tolerance_s=float(p.get("evidence_tolerance_s", 0.0)),
+            queries={label: overrides[label] for label in samplers},
         ))
     result = merge_results(results, p.get("metric_style", "accuracy"))
     report = {**result.report, "split": split, "questions_file": str(args.questions), "params": p}
+    report["claims"] = claims_report(
+        result.predictions, claims, resamples=int(p.get("bootstrap_resamples", 10_000)), seed=int(p.get("seed", 0))
+    )
     write_report(args.out, report)
 
     args.predictions.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +118,9 @@ def main() -> None:
         report["n_questions"], len(report["samplers"]) * len(report["budgets"]), report["seconds"],
         {label: per for label, per in report["accuracy"].items()},
     )
+    for name, claim in report["claims"].items():
+        log.info("claim %s: %s (p=%s)", name, "holds" if claim["holds"] else "does not hold",
+                 claim.get("p", {k: c["p"] for k, c in claim.get("comparisons", {}).items()}))
 
 
 if __name__ == "__main__":

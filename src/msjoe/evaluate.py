@@ -11,17 +11,27 @@ without changing any result (every turn is greedy, hence a function of its input
   samplers (or budgets) is answered once.
 MLLM turns run in batches (``PipelineConfig.batch_size``).
 
+Which queries a sampler's CLIP similarity rows come from is :func:`msjoe.pipeline.query_source`
+unless the caller overrides it per label (``queries``): a query-driven baseline can then run
+both as published (the question as its one query) and with the MLLM's generated queries, so
+the table separates what query reasoning buys from what the sampler buys.
+
 Metrics (``report``): ``accuracy[sampler][budget]``, ``official[sampler][budget]`` (the
 benchmark's metric style: plain accuracy or MLVU's mean of per-task accuracies),
 ``evidence_hit_rate[sampler][budget]`` (share of questions with evidence where at least one
 selected frame lies inside an evidence span), ``accuracy_per_category``, visual tokens per
-answer, parse rates, and mean per-turn stage latencies. ``oracle`` (when evidence is known)
+answer, parse rates, and mean per-turn stage latencies. Every proportion comes with its n and a
+95% Wilson interval (``*_ci`` keys, ``[lo, hi]``). ``oracle`` (when evidence is known)
 answers from the evidence frames padded with uniform frames to K: an upper bound for samplers.
+
+Claims (:func:`parse_claims`, :func:`claims_report`) compare two configurations on the same
+questions with paired tests (:mod:`msjoe.stats`); correctness is :func:`msjoe.episode.is_correct`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -32,22 +42,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from msjoe.episode import is_correct
 from msjoe.features import VideoFeatures
 from msjoe.pipeline import FrameSource, Pipeline, query_source
 from msjoe.sampling.base import FrameSampler, Selection
+from msjoe.stats import holm, mcnemar_exact, noninferiority_test, paired_bootstrap, wilson_interval
 from msjoe.video import resolve_video
 
 __all__ = [
+    "CLAIM_KINDS",
     "METRIC_STYLES",
     "ORACLE",
+    "QUERY_MODES",
+    "Claim",
     "EvalResult",
     "accuracy_plot_rows",
     "ExampleTrace",
+    "claims_report",
     "evaluate",
     "evidence_hit",
     "evidence_positions",
     "mean_task_accuracy",
     "oracle_selection",
+    "parse_claims",
+    "query_modes",
+    "resolve_budget",
     "summarise",
 ]
 
@@ -55,6 +74,9 @@ log = logging.getLogger(__name__)
 
 ORACLE = "oracle"
 METRIC_STYLES = ("accuracy", "mlvu_mean_task")
+QUERY_MODES = ("none", "question", "generated")
+CLAIM_KINDS = ("superior", "noninferior")
+CONFIDENCE = 0.95
 
 
 # ------------------------------------------------------------------------------ pure metrics
@@ -174,41 +196,100 @@ class _Item:
     path: Path
 
 
+def _interval(successes: int, n: int) -> list[float] | None:
+    """95% Wilson interval as a JSON pair; None when there is nothing to estimate."""
+    return [float(x) for x in wilson_interval(int(successes), int(n), CONFIDENCE)] if n else None
+
+
 def summarise(
     predictions: pd.DataFrame, metric_style: str = "accuracy"
 ) -> dict[str, Any]:
-    """Aggregate per-question predictions into the report's per sampler x budget tables."""
+    """Aggregate per-question predictions into the report's per sampler x budget tables.
+
+    Besides the point estimates every proportion carries its n and a 95% Wilson interval:
+    ``accuracy_ci`` (n: ``questions``), ``accuracy_per_category_ci`` (n:
+    ``questions_per_category``), ``evidence_hit_rate_ci`` (n: ``evidence_hit_n``, the questions
+    with evidence), ``answer_parse_rate_ci`` (n: ``questions``) and ``query_parse_rate_ci`` (n:
+    ``query_parse_n``, the questions whose similarity came from generated queries). Intervals
+    are ``[lo, hi]``, None where n is 0.
+    """
     if metric_style not in METRIC_STYLES:
         raise ValueError(f"metric_style must be one of {METRIC_STYLES}, got {metric_style!r}")
     out: dict[str, Any] = {
         key: {}
         for key in (
-            "accuracy", "official", "evidence_hit_rate", "accuracy_per_category", "visual_tokens",
-            "visual_tokens_answer", "answer_parse_rate", "query_parse_rate", "questions",
+            "accuracy", "accuracy_ci", "official", "evidence_hit_rate", "evidence_hit_rate_ci",
+            "evidence_hit_n", "accuracy_per_category", "accuracy_per_category_ci", "questions_per_category",
+            "visual_tokens", "visual_tokens_answer", "answer_parse_rate", "answer_parse_rate_ci",
+            "query_parse_rate", "query_parse_rate_ci", "query_parse_n", "questions",
         )
     }
     for (label, budget), group in predictions.groupby(["sampler", "budget"], sort=False):
         b = str(int(budget))
         correct = group["correct"].astype(bool).tolist()
-        hits = group["evidence_hit"].dropna()
+        n = len(correct)
+        hits = group["evidence_hit"].dropna().astype(bool)
         with_queries = group[group["query_source"] == "generated"]
-        per_cat = {str(c): float(g["correct"].mean()) for c, g in group.groupby("category", sort=True)}
+        parsed_queries = int(with_queries["query_parse_ok"].astype(bool).sum())
+        parsed_answers = int(group["prediction"].notna().sum())
+        per_cat: dict[str, float] = {}
+        per_cat_ci: dict[str, list[float] | None] = {}
+        per_cat_n: dict[str, int] = {}
+        for c, g in group.groupby("category", sort=True):
+            right = int(g["correct"].astype(bool).sum())
+            per_cat[str(c)] = right / len(g)
+            per_cat_ci[str(c)] = _interval(right, len(g))
+            per_cat_n[str(c)] = int(len(g))
         values = {
             "accuracy": float(np.mean(correct)),
+            "accuracy_ci": _interval(sum(correct), n),
             "official": float(np.mean(correct)) if metric_style == "accuracy"
             else mean_task_accuracy(correct, group["category"].astype(str).tolist()),
-            "evidence_hit_rate": float(hits.astype(bool).mean()) if len(hits) else None,
+            "evidence_hit_rate": float(hits.mean()) if len(hits) else None,
+            "evidence_hit_rate_ci": _interval(int(hits.sum()), len(hits)),
+            "evidence_hit_n": int(len(hits)),
             "accuracy_per_category": per_cat,
+            "accuracy_per_category_ci": per_cat_ci,
+            "questions_per_category": per_cat_n,
             "visual_tokens": float(group["visual_tokens"].mean()),
             "visual_tokens_answer": float(group["visual_tokens_answer"].mean()),
-            "answer_parse_rate": float(group["prediction"].notna().mean()),
-            "query_parse_rate": float(with_queries["query_parse_ok"].mean()) if len(with_queries) else None,
-            "questions": int(len(group)),
+            "answer_parse_rate": parsed_answers / n,
+            "answer_parse_rate_ci": _interval(parsed_answers, n),
+            "query_parse_rate": parsed_queries / len(with_queries) if len(with_queries) else None,
+            "query_parse_rate_ci": _interval(parsed_queries, len(with_queries)),
+            "query_parse_n": int(len(with_queries)),
+            "questions": int(n),
         }
         for key, value in values.items():
             out[key].setdefault(str(label), {})[b] = value
     out["metric_style"] = metric_style
+    out["confidence"] = CONFIDENCE
     return out
+
+
+def query_modes(
+    samplers: Mapping[str, FrameSampler], overrides: Mapping[str, str | None] | None = None
+) -> dict[str, str]:
+    """Where each label's similarity rows come from: ``overrides[label]`` else
+    :func:`~msjoe.pipeline.query_source`.
+
+    A sampler that ignores similarity (uniform) only takes ``none``; one that reads it takes
+    ``question`` or ``generated``. An override for an unknown label is an error.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(samplers))
+    if unknown:
+        raise ValueError(f"query override for samplers not evaluated: {', '.join(unknown)}")
+    modes: dict[str, str] = {}
+    for label, sampler in samplers.items():
+        mode = str(overrides.get(label, query_source(sampler)))
+        if mode not in QUERY_MODES:
+            raise ValueError(f"sampler {label}: queries must be one of {QUERY_MODES}, got {mode!r}")
+        if sampler.needs_similarity == (mode == "none"):
+            need = "needs" if sampler.needs_similarity else "ignores"
+            raise ValueError(f"sampler {label}: {sampler.name} {need} similarity, so queries: {mode} is meaningless")
+        modes[label] = mode
+    return modes
 
 
 # ------------------------------------------------------------------------------ the run
@@ -223,6 +304,7 @@ def evaluate(
     metric_style: str = "accuracy",
     n_examples: int = 0,
     evidence_tolerance_s: float = 0.0,
+    queries: Mapping[str, str | None] | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Run every sampler (``label -> sampler``) at every budget on ``questions``.
@@ -231,7 +313,8 @@ def evaluate(
     evidence, sha256). ``pipeline`` provides CLIP, the MLLM, the feature cache and the
     settings; its own ``sampler`` is not used. The oracle row is added when ``oracle`` and at
     least one question has evidence. ``n_examples`` questions (the first ones) keep traces
-    for figures, at the largest budget.
+    for figures, at the largest budget. ``queries`` overrides, per label, where a sampler's
+    queries come from (``none``, ``question`` or ``generated``; :func:`query_modes`).
     """
     from tqdm import tqdm
 
@@ -244,6 +327,7 @@ def evaluate(
         raise ValueError("no samplers to evaluate")
     if ORACLE in samplers:
         raise ValueError(f"{ORACLE!r} is reserved for the evidence upper bound")
+    modes = query_modes(samplers, queries)
     started = time.perf_counter()
     wall: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -267,7 +351,6 @@ def evaluate(
     counts["features"] = len(per_video)
     has_evidence = any(_spans(item.row.evidence) for item in items)
 
-    modes = {label: query_source(s) for label, s in samplers.items()}
     need_generated = any(m == "generated" for m in modes.values())
     need_question = any(m == "question" for m in modes.values())
 
@@ -408,7 +491,7 @@ def evaluate(
             "query_source": p["mode"],
             "answer": item.row.answer,
             "prediction": letter,
-            "correct": letter == item.row.answer,
+            "correct": is_correct(letter, item.row.answer),
             "answer_text": text,
             "queries": list(p["queries"]),
             "query_parse_ok": bool(p["parse_ok"]),
@@ -473,14 +556,222 @@ def _examples(items: list[_Item], plans: list[dict[str, Any]], n: int, budget: i
 
 
 def accuracy_plot_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """DVC plot rows, one per budget with one accuracy column per sampler (and the oracle)."""
+    """DVC plot rows, one per budget with one accuracy column per sampler (and the oracle),
+    plus ``<sampler>_lo`` / ``<sampler>_hi``: the 95% Wilson interval of that accuracy."""
     accuracy = report["accuracy"]
+    ci = report.get("accuracy_ci") or {}
     budgets = sorted({int(b) for per in accuracy.values() for b in per})
-    return [
-        {"budget": b, **{label: per.get(str(b)) for label, per in accuracy.items()}}
-        for b in budgets
-    ]
+    rows = []
+    for b in budgets:
+        row: dict[str, Any] = {"budget": b}
+        for label, per in accuracy.items():
+            row[label] = per.get(str(b))
+            interval = (ci.get(label) or {}).get(str(b))
+            row[f"{label}_lo"], row[f"{label}_hi"] = interval if interval else (None, None)
+        rows.append(row)
+    return rows
 
+
+# ------------------------------------------------------------------------------ claims
+_RELATIVE = re.compile(r"^\s*(\d*)\s*\*?\s*K\s*(?:/\s*(\d+))?\s*$", re.IGNORECASE)
+
+
+def resolve_budget(spec: int | str, budgets: Sequence[int]) -> int:
+    """A claim's budget: an integer, or relative to K, the middle of the evaluated ``budgets``
+    (the lower middle when their number is even): ``"K"``, ``"2K"``, ``"K/2"``.
+
+    >>> resolve_budget("2K", [4, 8, 16]), resolve_budget("K", [4, 8, 16]), resolve_budget(4, [4, 8])
+    (16, 8, 4)
+    """
+    ordered = sorted({int(b) for b in budgets})
+    if not ordered:
+        raise ValueError("no budgets evaluated")
+    if isinstance(spec, bool):
+        raise ValueError(f"budget {spec!r} is not a budget")
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
+        budget = int(spec)
+    else:
+        match = _RELATIVE.match(str(spec))
+        if not match:
+            raise ValueError(f"budget {spec!r}: expected an integer or a multiple of K such as 'K', '2K', 'K/2'")
+        k = ordered[(len(ordered) - 1) // 2]
+        num, den = int(match.group(1) or 1), int(match.group(2) or 1)
+        if (num * k) % den:
+            raise ValueError(f"budget {spec!r} = {num}*{k}/{den} is not an integer")
+        budget = num * k // den
+    if budget not in ordered:
+        raise ValueError(f"budget {spec!r} resolves to {budget}, which is not evaluated (evaluate.budgets: {ordered})")
+    return budget
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A declared comparison: ``a`` is better than (``superior``) or not worse by more than
+    ``margin`` than (``noninferior``) every configuration in ``b``, on the same questions."""
+
+    name: str
+    kind: str
+    a: tuple[str, int]
+    b: tuple[tuple[str, int], ...]
+    margin: float = 0.05
+    alpha: float = 0.05
+
+
+def _side(spec: Any, what: str, name: str) -> tuple[list[str], int | str]:
+    if not isinstance(spec, (list, tuple)) or len(spec) != 2:
+        raise ValueError(f"claim {name}: {what} must be [sampler, budget] (sampler may be a list), got {spec!r}")
+    samplers, budget = spec
+    labels = [str(x) for x in samplers] if isinstance(samplers, (list, tuple)) else [str(samplers)]
+    if not labels:
+        raise ValueError(f"claim {name}: {what} names no sampler")
+    return labels, budget
+
+
+def parse_claims(
+    specs: Sequence[Mapping[str, Any]] | None, budgets: Sequence[int], samplers: Sequence[str]
+) -> list[Claim]:
+    """Claims declared in params (``evaluate.claims``), resolved and checked against what is
+    evaluated: every sampler named must be in ``samplers`` and every budget in ``budgets``.
+
+    Each spec: ``name``, ``a: [sampler, budget]``, ``b: [sampler or [samplers], budget]``,
+    ``kind: superior|noninferior``, optional ``margin`` (default 0.05) and ``alpha`` (0.05).
+    """
+    claims: list[Claim] = []
+    known = set(samplers)
+    for i, spec in enumerate(specs or []):
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"claim #{i}: expected a mapping, got {spec!r}")
+        name = str(spec.get("name") or "")
+        if not name:
+            raise ValueError(f"claim #{i}: missing name")
+        if any(c.name == name for c in claims):
+            raise ValueError(f"claim {name}: declared twice")
+        extra = set(spec) - {"name", "a", "b", "kind", "margin", "alpha"}
+        if extra:
+            raise ValueError(f"claim {name}: unknown keys {sorted(extra)}")
+        kind = str(spec.get("kind", "superior"))
+        if kind not in CLAIM_KINDS:
+            raise ValueError(f"claim {name}: kind must be one of {CLAIM_KINDS}, got {kind!r}")
+        a_labels, a_budget = _side(spec.get("a"), "a", name)
+        b_labels, b_budget = _side(spec.get("b"), "b", name)
+        if len(a_labels) != 1:
+            raise ValueError(f"claim {name}: a must name one sampler, got {a_labels}")
+        for label in a_labels + b_labels:
+            if label not in known:
+                raise ValueError(
+                    f"claim {name}: sampler {label!r} is not evaluated (evaluated: {', '.join(samplers)})"
+                )
+        try:
+            a = (a_labels[0], resolve_budget(a_budget, budgets))
+            b = tuple((label, resolve_budget(b_budget, budgets)) for label in b_labels)
+        except ValueError as err:
+            raise ValueError(f"claim {name}: {err}") from None
+        if a in b:
+            raise ValueError(f"claim {name}: compares {a[0]}@{a[1]} with itself")
+        margin = float(spec.get("margin", 0.05))
+        alpha = float(spec.get("alpha", 0.05))
+        if not (margin >= 0.0 and 0.0 < alpha < 1.0):
+            raise ValueError(f"claim {name}: need margin >= 0 and 0 < alpha < 1, got {margin}, {alpha}")
+        claims.append(Claim(name, kind, a, b, margin, alpha))
+    return claims
+
+
+def _outcomes(predictions: pd.DataFrame, sampler: str, budget: int, claim: str) -> pd.Series:
+    rows = predictions[(predictions["sampler"] == sampler) & (predictions["budget"].astype(int) == budget)]
+    if rows.empty:
+        raise ValueError(f"claim {claim}: no predictions for sampler {sampler!r} at budget {budget}")
+    if rows["qid"].duplicated().any():
+        raise ValueError(f"claim {claim}: {sampler}@{budget} has several predictions for one question")
+    return rows.set_index("qid")["correct"].astype(bool)
+
+
+def _compare(
+    predictions: pd.DataFrame, claim: Claim, b: tuple[str, int], resamples: int, seed: int
+) -> dict[str, Any]:
+    a_s = _outcomes(predictions, *claim.a, claim.name)
+    b_s = _outcomes(predictions, *b, claim.name)
+    if set(a_s.index) != set(b_s.index):
+        missing = sorted(set(a_s.index) ^ set(b_s.index))
+        raise ValueError(
+            f"claim {claim.name}: {claim.a[0]}@{claim.a[1]} and {b[0]}@{b[1]} answered different questions "
+            f"({len(missing)} unpaired, e.g. {missing[:3]})"
+        )
+    qids = sorted(a_s.index)
+    xa, xb = a_s.loc[qids].tolist(), b_s.loc[qids].tolist()
+    n = len(qids)
+    mcnemar = mcnemar_exact(xa, xb)
+    boot = paired_bootstrap(xa, xb, resamples=resamples, seed=seed, confidence=CONFIDENCE)
+    ni = noninferiority_test(xa, xb, claim.margin, claim.alpha)
+    p = mcnemar.p_greater if claim.kind == "superior" else ni.p
+    counts = mcnemar.counts
+
+    def side(label: str, budget: int, right: int) -> dict[str, Any]:
+        return {"sampler": label, "budget": budget, "accuracy": right / n, "ci": _interval(right, n)}
+
+    return {
+        "kind": claim.kind,
+        "a": side(*claim.a, counts.both + counts.a_only),
+        "b": side(*b, counts.both + counts.b_only),
+        "n": n,
+        "a_only": counts.a_only,
+        "b_only": counts.b_only,
+        "difference": counts.difference,
+        "difference_ci": list(boot.ci),
+        "p_bootstrap": boot.p_two_sided,
+        "p_mcnemar": mcnemar.p_greater,
+        "p_mcnemar_two_sided": mcnemar.p_two_sided,
+        "margin": claim.margin,
+        "p_noninferior": ni.p,
+        "noninferior_lower_bound": ni.lower_bound,
+        "alpha": claim.alpha,
+        "p": p,
+        "holds": bool(p <= claim.alpha),
+    }
+
+
+def claims_report(
+    predictions: pd.DataFrame, claims: Sequence[Claim], *, resamples: int = 10_000, seed: int = 0
+) -> dict[str, Any]:
+    """Each claim tested on the questions both sides answered (paired), ``{name: result}``.
+
+    Per comparison of ``a`` with one ``b``: ``n``; both sides' accuracy with a 95% Wilson
+    interval; the discordant counts ``a_only`` / ``b_only``; ``difference`` (acc a - acc b)
+    with a 95% paired-bootstrap ``difference_ci`` and two-sided ``p_bootstrap``; the exact
+    McNemar ``p_mcnemar`` (one-sided, H1: a > b) and ``p_mcnemar_two_sided``; the Wald+2
+    non-inferiority ``p_noninferior`` at ``margin`` with its one-sided lower bound; ``p`` (the
+    verdict's p-value: ``p_mcnemar`` for ``superior``, ``p_noninferior`` for ``noninferior``)
+    and ``holds`` (``p <= alpha``). ``p_holm`` / ``holds_holm`` adjust ``p`` over every
+    comparison in the report (Holm), for reading all the claims together.
+
+    A claim over several ``b`` has these under ``comparisons`` (keyed ``sampler@budget``) and
+    holds when every comparison holds: an intersection-union test, valid at ``alpha`` without
+    multiplicity correction.
+    """
+    results: dict[str, Any] = {}
+    leaves: list[dict[str, Any]] = []
+    for claim in claims:
+        comparisons = {f"{b[0]}@{b[1]}": _compare(predictions, claim, b, resamples, seed) for b in claim.b}
+        leaves += comparisons.values()
+        if len(claim.b) == 1:
+            results[claim.name] = next(iter(comparisons.values()))
+        else:
+            first = next(iter(comparisons.values()))
+            results[claim.name] = {
+                "kind": claim.kind,
+                "a": first["a"],
+                "n": min(c["n"] for c in comparisons.values()),
+                "margin": claim.margin,
+                "alpha": claim.alpha,
+                "comparisons": comparisons,
+                "holds": all(c["holds"] for c in comparisons.values()),
+            }
+    for leaf, adjusted in zip(leaves, holm([leaf["p"] for leaf in leaves]), strict=True):
+        leaf["p_holm"] = adjusted
+        leaf["holds_holm"] = bool(adjusted <= leaf["alpha"])
+    for result in results.values():
+        if "comparisons" in result:
+            result["holds_holm"] = all(c["holds_holm"] for c in result["comparisons"].values())
+    return results
 
 
 def merge_results(results: Sequence[EvalResult], metric_style: str = "accuracy") -> EvalResult:
