@@ -18,7 +18,9 @@ Layout written under ``out_dir`` (other stages depend on these names):
 - ``summary.json``: :meth:`WorldSummary.to_dict`.
 
 Everything is a pure function of the :class:`WorldConfig`: the same config gives byte-identical
-files (x264 runs single-threaded for that reason).
+files, whatever the process state (environment, heap layout, load, thread settings). Pixels are
+rendered with bit-reproducible arithmetic (see :mod:`msjoe.world.scene`) and the encoder is pinned
+to a deterministic configuration (see :func:`write_mp4`).
 """
 
 from __future__ import annotations
@@ -67,22 +69,45 @@ class WorldSummary:
         return asdict(self)
 
 
+X264_PARAMS = "threads=1:lookahead-threads=1:sliced-threads=0:non-deterministic=0"
+"""x264 settings that make its output a function of the input frames alone. x264's bitstream
+depends on its thread count (frame threads limit motion search to rows already encoded), and the
+default count is derived from the CPUs the process sees, so it is pinned to one encoding and one
+lookahead thread, no slice threads, and x264's non-deterministic mode stays off. Stated to x264
+itself rather than relying only on the wrapper's ``thread_count``."""
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: float, crf: int = CRF) -> None:
-    """Encode ``uint8`` RGB frames ``(T, H, W, 3)`` as an H.264 mp4 that decord can read."""
+    """Encode ``uint8`` RGB frames ``(T, H, W, 3)`` as an H.264 mp4 that decord can read.
+
+    The bytes depend only on ``frames``, ``fps`` and ``crf`` (for a given PyAV/FFmpeg/x264
+    build): x264 is pinned by :data:`X264_PARAMS`, keyframes come at least every :data:`GOP`
+    frames (scene cuts in between depend on the content only), pts are set explicitly, the
+    rgb24 -> yuv420p conversion runs in one thread, and the muxer runs bit-exact (no library
+    version string in the container).
+    """
     import av  # heavy-ish (bundled FFmpeg); only needed when writing videos
 
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format="mp4") as container:
+    with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width = int(frames.shape[2])
         stream.height = int(frames.shape[1])
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "g": str(GOP)}
-        stream.codec_context.thread_count = 1
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        stream.options = {
+            "crf": str(crf),
+            "preset": "medium",
+            "g": str(GOP),
+            "threads": "1",
+            "x264-params": X264_PARAMS,
+        }
+        stream.codec_context.thread_count = 1  # also the swscale thread count PyAV uses for rgb24 -> yuv420p
+        for index, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = index  # explicit, not the encoder's frame counter
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -6,6 +6,16 @@ The plan is plain data, so question generation and tests can reason about it wit
 :func:`render_video` then turns a plan into RGB frames deterministically (its texture noise is
 seeded by the plan too), so re-rendering a plan always gives the same pixels.
 
+Pixels must be a function of the plan alone, never of the process that renders them: a 1-ulp
+difference before ``np.rint`` flips a pixel by one level, and H.264 mode decisions turn one
+flipped pixel into differences all over the video (a different mp4, so a different DVC hash and
+different downstream features). Array code here therefore uses only IEEE-exact operations
+(``+``, ``-``, ``*``, ``/``, comparisons, ``rint``), whose results do not depend on which SIMD
+kernel numpy dispatches to, on array alignment or on loop peeling. Every transcendental value
+(``sin``, ``cos``) is computed with Python's :mod:`math` on scalars -- per scene, per event, or
+once per pixel into a per-scene table -- and per-frame time dependence enters through the
+angle-addition identity ``sin(a + b) = sin a cos b + cos a sin b``.
+
 Backgrounds are dark, slowly drifting textures (gradient + travelling wave + faint noise) so
 consecutive frames are similar but never identical; events are large (about 30-45 % of the
 frame), saturated, slightly moving and rotated shapes, so they survive 64 px and H.264.
@@ -13,6 +23,7 @@ frame), saturated, slightly moving and rotated shapes, so they survive 64 px and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -279,13 +290,18 @@ def _polygon_inside(u: np.ndarray, v: np.ndarray, vertices: np.ndarray) -> np.nd
     return inside
 
 
+def _unit_vertices(angles: list[float], radii: list[float]) -> np.ndarray:
+    """Polygon vertices from polar coordinates, with :mod:`math` (see the module docstring)."""
+    return np.array([[r * math.cos(a), r * math.sin(a)] for a, r in zip(angles, radii, strict=True)])
+
+
 def _star_vertices(points: int = 5, inner: float = 0.45) -> np.ndarray:
-    angles = -np.pi / 2 + np.arange(2 * points) * np.pi / points
-    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+    angles = [-math.pi / 2 + k * math.pi / points for k in range(2 * points)]
+    radii = [1.0 if k % 2 == 0 else inner for k in range(2 * points)]
+    return _unit_vertices(angles, radii)
 
 
-_TRIANGLE = np.array([[np.cos(a), np.sin(a)] for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]) * 1.1
+_TRIANGLE = _unit_vertices([-math.pi / 2, math.pi / 6, 5 * math.pi / 6], [1.0, 1.0, 1.0]) * 1.1
 _STAR = _star_vertices() * 1.1
 
 
@@ -316,31 +332,66 @@ def event_alpha(event: Event, frame: int, size: int) -> np.ndarray:
     coords = (np.arange(size * s, dtype=np.float64) + 0.5) / s
     gy, gx = np.meshgrid(coords, coords, indexing="ij")
     rx, ry = (gx - cx) / event.radius, (gy - cy) / event.radius
-    cos, sin = np.cos(event.angle), np.sin(event.angle)
+    cos, sin = math.cos(event.angle), math.sin(event.angle)  # scalars: see the module docstring
     u, v = cos * rx + sin * ry, -sin * rx + cos * ry
     mask = _unit_shape(event.shape, u, v).astype(np.float32)
     return mask.reshape(size, s, size, s).mean(axis=(1, 3))
 
 
-def _render_background(scene: Scene, frame: int, size: int, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    base = np.asarray(BACKGROUND_RGB[scene.background], dtype=np.float32)
-    along = xs * np.cos(scene.gradient_angle) + ys * np.sin(scene.gradient_angle)
-    local_t = frame - scene.start_frame
-    wave = np.sin(2 * np.pi * (scene.wave_kx * xs + scene.wave_ky * ys) + scene.wave_phase + scene.wave_speed * local_t)
-    shade = scene.gradient_amp * along + scene.wave_amp * wave
+@dataclass(frozen=True)
+class _SceneTexture:
+    """Frame-independent part of a scene's background, computed once per scene.
+
+    ``shade`` is the gradient term; the travelling wave of frame t is ``sin(spatial + temporal(t))``,
+    stored as ``sin(spatial)`` and ``cos(spatial)`` so each frame only needs two scalar
+    :mod:`math` calls and IEEE multiplies and adds (see the module docstring).
+    """
+
+    shade: np.ndarray  # (size, size) float64: gradient_amp * along
+    sin_spatial: np.ndarray  # (size, size) float64
+    cos_spatial: np.ndarray  # (size, size) float64
+
+
+def _pixel_centres(size: int) -> np.ndarray:
+    """Pixel-centre coordinates ``(k + 0.5) / size - 0.5`` in [-0.5, 0.5), float64, IEEE arithmetic only."""
+    return (np.arange(size, dtype=np.float64) + 0.5) / size - 0.5
+
+
+def _scene_texture(scene: Scene, size: int) -> _SceneTexture:
+    grid = _pixel_centres(size)
+    ys, xs = np.meshgrid(grid, grid, indexing="ij")
+    along = xs * math.cos(scene.gradient_angle) + ys * math.sin(scene.gradient_angle)
+    spatial = 2 * math.pi * (scene.wave_kx * xs + scene.wave_ky * ys) + scene.wave_phase
+    # math.sin per element instead of np.sin on the array: numpy's vectorised sin/cos are not
+    # guaranteed to give the same bits as its scalar path (SIMD kernel choice, loop peeling).
+    flat = spatial.ravel().tolist()
+    sin_spatial = np.array([math.sin(a) for a in flat], dtype=np.float64).reshape(size, size)
+    cos_spatial = np.array([math.cos(a) for a in flat], dtype=np.float64).reshape(size, size)
+    return _SceneTexture(shade=scene.gradient_amp * along, sin_spatial=sin_spatial, cos_spatial=cos_spatial)
+
+
+def _render_background(scene: Scene, texture: _SceneTexture, frame: int) -> np.ndarray:
+    """Background of ``frame`` (float64, not yet rounded): gradient plus travelling wave."""
+    base = np.asarray(BACKGROUND_RGB[scene.background], dtype=np.float64)
+    temporal = scene.wave_speed * (frame - scene.start_frame)
+    # sin(spatial + temporal) by angle addition: scalars from math, arrays only multiply and add
+    wave = texture.sin_spatial * math.cos(temporal) + texture.cos_spatial * math.sin(temporal)
+    shade = texture.shade + scene.wave_amp * wave
     return base[None, None, :] + shade[:, :, None]
 
 
 def render_video(spec: VideoSpec) -> np.ndarray:
-    """Render a planned video to ``uint8`` RGB frames of shape ``(frames, size, size, 3)``."""
+    """Render a planned video to ``uint8`` RGB frames of shape ``(frames, size, size, 3)``.
+
+    Bit-reproducible for a given plan, whatever the process state (see the module docstring).
+    """
     size = spec.size
-    grid = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-    ys, xs = np.meshgrid(grid, grid, indexing="ij")
     noise = np.random.default_rng(spec.noise_seed).normal(0.0, 2.5, size=(spec.frames, size, size, 1))
     out = np.empty((spec.frames, size, size, 3), dtype=np.uint8)
     for scene in spec.scenes:
+        texture = _scene_texture(scene, size)
         for frame in range(scene.start_frame, scene.end_frame + 1):
-            image = _render_background(scene, frame, size, xs, ys) + noise[frame]
+            image = _render_background(scene, texture, frame) + noise[frame]
             for event in spec.events_at(frame):
                 alpha = event_alpha(event, frame, size)[:, :, None]
                 colour = np.asarray(COLOUR_RGB[event.colour], dtype=np.float32)
