@@ -16,6 +16,9 @@ import yaml
 # Stages share two cores with a decode worker or another job: busy-waiting OpenMP threads starve
 # them (benchmarks/README.md). Set before any stage imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# cuBLAS's deterministic workspace mode, which deterministic() needs for the stages that run on a
+# GPU (README "Reproducibility"); read when CUDA initialises, so also set before torch is imported.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:
@@ -45,3 +48,30 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+
+
+def deterministic(threads: int | None, seed: int = 0) -> None:
+    """The one determinism setup of every torch stage, called before it builds anything.
+
+    ``threads`` (the stage's ``threads`` param) fixes torch's intra-op team: float reductions
+    are split per thread, so results are bit-exact for a given value, not across values (None
+    leaves torch's default, which follows the core count and ``OMP_NUM_THREADS``). One
+    inter-op thread; deterministic kernels where torch has them (``warn_only``: an op without
+    one still runs, on a GPU, with a warning); python, numpy and torch global RNGs seeded with
+    ``seed`` (the library seeds its own draws explicitly; this covers anything that does not).
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    set_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or inter-op work has started in this process
+        pass
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import params, set_threads, setup, write_report
+from _common import deterministic, params, setup, write_report
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     log = setup("difficulty")
     p = dict(params("difficulty", args.params))
     embed = params("embed", args.params)
-    set_threads(p.pop("threads", None))
+    deterministic(p.pop("threads", None), int(p.get("seed", 0)))
     device = p.pop("device", "cpu")
     split = p.pop("split", "train")
     max_questions = p.pop("max_questions", None)

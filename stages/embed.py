@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import params, set_threads, setup, write_report
+from _common import deterministic, params, setup, write_report
 
 from msjoe.clip.model import load_clip
 from msjoe.embed import EmbedConfig, embed_videos
@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     log = setup("embed")
     p = params("embed")
-    set_threads(p.pop("threads", None))
+    deterministic(p.pop("threads", None))
     device = p.pop("device", "cpu")
     clip = load_clip(args.clip, device=device)
     report = embed_videos(pd.read_parquet(args.videos), args.video_root, clip, args.out, EmbedConfig(**p))

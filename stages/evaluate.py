@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from _common import params, set_threads, setup, write_report
+from _common import deterministic, params, setup, write_report
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     log = setup("evaluate")
     p = params("evaluate", args.params)
     embed = params("embed", args.params)
-    set_threads(p.get("threads"))
+    deterministic(p.get("threads"), int(p.get("seed", 0)))
 
     from msjoe.clip.model import load_clip
     from msjoe.evaluate import ORACLE, accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import params, set_threads, setup, write_report
+from _common import deterministic, params, setup, write_report
 
 from msjoe.clip.prepare import prepare_clip
 from msjoe.clip.pretrain import ClipTrainConfig
@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     setup("pretrain_clip")
     p = params("clip")
-    set_threads(p.get("threads"))
+    deterministic(p.get("threads"), int((p.get("train") or {}).get("seed", 0)))
     report = prepare_clip(
         p["model"], p.get("pretrained"), args.out, args.world, ClipTrainConfig(**p.get("train", {})),
         recall_k=int(p.get("recall_k", 8)),

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 try:
-    from _common import params, set_threads, setup, write_report
+    from _common import deterministic, params, setup, write_report
     from train_sampler import device_for_rank
 except ImportError:  # python -m stages.train_joint
-    from stages._common import params, set_threads, setup, write_report
+    from stages._common import deterministic, params, setup, write_report
     from stages.train_sampler import device_for_rank
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     log = setup("train_joint")
     p = dict(params("train_joint", args.params))
     embed = params("embed", args.params)
-    set_threads(p.pop("threads", None))
+    deterministic(p.pop("threads", None), int(p.get("seed", 0)))
     split = p.pop("split", "train")
     max_questions = p.pop("max_questions", None)
     pipeline_params = p.pop("pipeline", {}) or {}

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 try:
-    from _common import params, set_threads, setup, write_report
+    from _common import deterministic, params, setup, write_report
 except ImportError:  # python -m stages.train_sampler
-    from stages._common import params, set_threads, setup, write_report
+    from stages._common import deterministic, params, setup, write_report
 
 
 def device_for_rank() -> str:
@@ -49,7 +49,7 @@ def main() -> None:
     log = setup("train_sampler")
     p = dict(params("train_sampler", args.params))
     embed = params("embed", args.params)
-    set_threads(p.pop("threads", None))
+    deterministic(p.pop("threads", None), int(p.get("seed", 0)))
     split = p.pop("split", "train")
     max_questions = p.pop("max_questions", None)
     pipeline_params = p.pop("pipeline", {}) or {}
