@@ -68,6 +68,24 @@ def convert(
     _print_json(result.as_dict())
 
 
+@app.command("pretrain-demo-base")
+def pretrain_demo_base(
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the repository ships weights/demo-mllm).")] = Path(
+        "weights/demo-mllm"
+    ),
+    work_dir: Annotated[Path, typer.Option(help="Where the pre-training world is generated (reused by a rerun).")] = Path(
+        ".cache/demo-base"
+    ),
+) -> None:
+    """Make the demo's base MLLM (the stand-in for downloading Qwen2.5-VL): a tiny Qwen2.5-VL
+    taught to see and to talk on a pre-training world of its own; deterministic on the CPU."""
+    from msjoe.mllm.demo_base import DemoBaseConfig
+    from msjoe.mllm.demo_base import pretrain_demo_base as run
+
+    report = run(out, DemoBaseConfig(), work_dir)
+    _print_json({"out": str(out), "vision": report["vision"], "eval": report.get("eval"), "timings": report["timings"]})
+
+
 @db_app.command("init")
 def db_init(url: Annotated[Optional[str], typer.Option(help="Database URL (default: MSJOE_DB_URL or ./msjoe.db).")] = None) -> None:
     """Create or migrate the schema to the newest revision."""

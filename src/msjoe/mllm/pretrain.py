@@ -1,36 +1,33 @@
-"""The ``pretrain_mllm`` stage's one call: make the MLLM the pipeline will use, and record it.
+"""The base MLLM: the ``pretrain_mllm`` stage's record of it, and the demo's supervised recipe.
 
-Paper scale: ``Qwen/Qwen2.5-VL-7B-Instruct`` (hub id or local directory) is only resolved and
-recorded in ``mllm.json``; nothing is loaded or downloaded. Demo scale (``name_or_path=None``):
-there are no weights to download, so a tiny Qwen2.5-VL is built (:mod:`msjoe.mllm.build`) and
-given its "pre-training" by supervised learning on the world's TRAIN split, then saved with
-``save_pretrained``. Either way later stages call :func:`load_prepared_mllm`, which goes through
-:func:`msjoe.mllm.load.load_mllm`, the one path that also loads the real 7B checkpoint.
+The stage (:func:`prepare_mllm`) only *records* which weights the pipeline starts from, a hub
+id (paper scale: ``Qwen/Qwen2.5-VL-7B-Instruct``) or a local checkpoint directory (the demo's
+``weights/demo-mllm``), with a content identity; nothing is trained or downloaded there, and
+later stages load it through :func:`load_prepared_mllm`, the one path that also loads the 7B
+checkpoint.
 
-The demo recipe (every choice below was measured; see the stage report):
+The demo's base model is made once, outside the DAG, by :mod:`msjoe.mllm.demo_base`; this
+module holds the part of that recipe that teaches the two MSJoE turns
+(:func:`train_demo_mllm`), with the example builders it uses:
 
-1. **Captioning** (cheap: one frame, a short prompt): frame -> its ground-truth caption
-   (``"a red star on a navy background"``). A vision tower trained from scratch learns
-   colours here in ~150 steps; without this phase the answer turn's sparse signal (one
-   frame in K shows the answer) barely reaches it within the budget.
+1. **Captioning** (one frame, a short prompt): frame -> its ground-truth caption
+   (``"a red star on a navy background"``): the language model learns to name what the
+   (already trained) vision tower sees.
 2. **Query turn alone**: writing the question's shape or event as a query is a copying skill
-   that appears after ~100-300 dedicated steps; diluted in the mixed phase it often did not
-   appear within the budget.
+   that appears after a few hundred dedicated steps; diluted in the mixed phase it often did
+   not appear within the budget.
 3. **Both MSJoE turns**, mixed in one supervised run:
 
    - *Query turn*: question + options + ``K/2`` uniformly spaced low-resolution previews ->
      the world's reference queries, one ``<query>...</query>`` line each.
-   - *Answer turn with evidence*: one frame of every target event plus fillers (other
-     frames; optionally biased towards other events' frames, the distractors a query-driven
-     sampler brings), sorted by time -> the right answer.
-   - *Answer turn without evidence*: frames none of which shows a target event -> a
-     *uniformly random* option. Without the evidence the right option is unknowable, so the
-     only honest target is the uniform distribution (random options are an unbiased sample
-     of it). Training on the right option there would teach the model to answer from the
-     text alone, i.e. *not* to depend on the frames; leaving such sets out would leave its
-     behaviour on them undefined. The sampler's reward, and the difficulty measured with
-     uniform frames, rely on a model that is right when it sees the evidence and guesses
-     when it does not.
+   - *Answer turn*: frame sets with one frame of every target event plus fillers (other
+     frames, part of them other events' frames: the distractors a query-driven sampler
+     brings) and sets without the evidence, sorted by time. The reply lists the events seen
+     and answers what they imply (:mod:`msjoe.world.reasoning`): the right option when the
+     evidence is shown, what was seen otherwise (a count too low, ...), a uniformly random
+     option when the seen events imply none. So the model is right when it is shown the
+     evidence and no better than what it saw when it is not: frame choice is what matters,
+     which is what the sampler's reward and the difficulty scores rely on.
 
    Answer-turn examples use several frame counts (``train_frame_counts``, e.g. 2, 3, 5, 8):
    the small sets are cheaper and give a denser signal, and the model still sees K.
@@ -39,22 +36,18 @@ Answer format (``answer_format``): ``"option"`` (default) writes the chosen opti
 ``<answer>a red square</answer>``, which :func:`msjoe.mllm.parsing.parse_answer` maps to its
 letter when given the options; ``"letter"`` writes ``<answer>B</answer>`` as the prompt asks.
 Measured on 2 CPU cores, the tiny model does not learn to bind an option's content to its
-letter within minutes (an associative-recall circuit: no progress at all in 1500 steps on
-text alone), while the option's text is mostly what it perceives (a colour, a count), so
-the demo model answers with the text and the pipeline parses with the options (the 7B
-model's letters parse the same way). Known limit: the from-scratch vision tower learns
-colours within the budget but not shapes, so questions whose options are event captions
-(``order``, ``first_last``) stay near chance at demo scale.
+letter within minutes (an associative-recall circuit), while the option's text is mostly what
+it perceives, so the demo model answers with the text and the pipeline parses with the options
+(the 7B model's letters parse the same way).
 
 With ``describe`` (default) the reply first lists the events visible in the frames
 (``Seen: a green star, a red square. <answer>...``): a dense, checkable perception target on
-every answer example, which made the answer turn learn faster in our runs; replies are then
-longer (:attr:`MLLMPretrainConfig.answer_max_new_tokens`).
+every answer example; replies are then longer (:attr:`MLLMPretrainConfig.answer_max_new_tokens`).
 
-The report measures, on the EVAL split and at ``k_frames``: answer accuracy with evidence
-frames (constructed as in training, fixed seed), with uniform frames and with evidence-free
-frames (should be near chance), and the query turn's parse rate and exact match with the
-reference queries.
+:func:`evaluate_mllm` measures, on an EVAL split and at ``k_frames``: answer accuracy with
+evidence frames (constructed as in training, fixed seed), with uniform frames and with
+evidence-free frames, and the query turn's parse rate and exact match with the reference
+queries.
 """
 
 from __future__ import annotations
@@ -73,7 +66,8 @@ import numpy as np
 from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import DEFAULT_SYSTEM_PROMPT, Conversation, build_answer_messages, build_query_messages
-from msjoe.mllm.sft import SFTConfig, SFTExample
+from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune
+from msjoe.world.reasoning import implied_option
 
 if TYPE_CHECKING:
     from msjoe.mllm.load import MLLM
@@ -103,6 +97,7 @@ __all__ = [
     "prepare_mllm",
     "query_examples",
     "query_target",
+    "train_demo_mllm",
     "read_manifest",
     "uniform_frame_set",
     "write_manifest",
@@ -662,17 +657,25 @@ def answer_examples(
     cfg: MLLMPretrainConfig,
     rng: np.random.Generator,
 ) -> list[AnswerExample]:
-    """Answer-turn examples per question: ``evidence_sets`` frame sets with the evidence (right
-    option), spread over ``cfg.frame_counts``, and ``evidence_sets * no_evidence_ratio`` in
-    expectation without it (uniformly random option, random frame count)."""
+    """Answer-turn examples per question: ``evidence_sets`` frame sets with the evidence,
+    spread over ``cfg.frame_counts``, and ``evidence_sets * no_evidence_ratio`` in expectation
+    without it (random frame count).
+
+    The target answer is the one the events in the frames imply
+    (:func:`msjoe.world.reasoning.implied_option`): the right option when the evidence is shown,
+    what was seen otherwise (a count too low, the event after the anchor among those seen), and
+    a uniformly random option when what was seen implies none of the options."""
     counts = cfg.frame_counts
     out: list[AnswerExample] = []
 
-    def make(q: WorldQuestion, frames: np.ndarray, idx: list[int], letter: str, with_evidence: bool) -> None:
-        answer = letter if cfg.answer_format == "letter" else q.options[OPTION_LETTERS.index(letter)]
-        seen = videos.seen(q.video, idx) if cfg.describe else None
+    def make(q: WorldQuestion, frames: np.ndarray, idx: list[int], with_evidence: bool) -> None:
+        seen = videos.seen(q.video, idx)
+        implied = implied_option(q.question, q.options, seen)
+        index = implied if implied is not None else int(rng.integers(0, len(q.options)))
+        letter = OPTION_LETTERS[index]
+        answer = letter if cfg.answer_format == "letter" else q.options[index]
         messages = _answer_messages(q, frames, idx, cfg.frame_size)
-        example = SFTExample(messages, answer_reply(answer, seen))
+        example = SFTExample(messages, answer_reply(answer, seen if cfg.describe else None))
         out.append(AnswerExample(example, q.qid, tuple(idx), with_evidence, letter))
 
     for q in questions:
@@ -686,11 +689,11 @@ def answer_examples(
         n_without = int(expected) + int(rng.random() < expected - int(expected))
         for i in range(cfg.evidence_sets):
             idx = evidence_frame_set(q.evidence_frames, n, counts[i % len(counts)], rng, **kwargs)
-            make(q, frames, idx, q.answer, True)
+            make(q, frames, idx, True)
         for _ in range(n_without):
             k = counts[int(rng.integers(0, len(counts)))]
             idx = no_evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs)
-            make(q, frames, idx, OPTION_LETTERS[int(rng.integers(0, len(q.options)))], False)
+            make(q, frames, idx, False)
     return out
 
 
@@ -821,52 +824,44 @@ def evaluate_mllm(
 # the stage call
 
 
-def prepare_mllm(
-    name_or_path: str | None,
-    out_dir: Path,
-    world_dir: Path | None,
-    cfg: MLLMPretrainConfig,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write ``out_dir/mllm.json`` (+ ``out_dir/model/`` when trained) and return the report.
+def prepare_mllm(name_or_path: str, out_dir: Path) -> dict[str, Any]:
+    """Record the MLLM the pipeline will use in ``out_dir/mllm.json`` and return the report.
 
-    ``name_or_path`` given: record it (a local directory is content-hashed, a hub id is kept as
-    is; nothing is loaded or downloaded). None: build the tiny Qwen2.5-VL on the world's
-    texts, fine-tune it on the TRAIN split, save it, evaluate it on the EVAL split.
+    ``name_or_path``: a hub id (kept as is; nothing is loaded or downloaded) or a local
+    checkpoint directory (content-hashed). A relative directory stays relative (to the
+    working directory the stages run in, the repository root), so the record, and with it
+    ``dvc.lock``, is the same in every clone; the demo's shipped base model
+    (``weights/demo-mllm``, made by :func:`msjoe.mllm.demo_base.pretrain_demo_base`) is such a
+    directory.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if name_or_path is not None:
-        local = Path(name_or_path).expanduser()
-        recorded = str(local.resolve()) if local.is_dir() else str(name_or_path)
-        manifest = MLLMManifest(recorded, identity_for(recorded))
-        write_manifest(out_dir, manifest)
-        logger.info("mllm recorded: %s (%s)", manifest.name_or_path, manifest.identity)
-        return {"name_or_path": manifest.name_or_path, "identity": manifest.identity, "trained": False}
-    if world_dir is None:
-        raise ValueError("no MLLM given and no world to pre-train the demo one on")
-    return _pretrain_demo(out_dir, Path(world_dir), cfg, progress)
+    if not name_or_path:
+        raise ValueError("mllm.name_or_path is required: a hub id or a local checkpoint directory")
+    local = Path(name_or_path).expanduser()
+    recorded = str(local) if local.is_dir() else str(name_or_path)
+    if local.is_dir() and local.is_absolute():
+        recorded = str(local.resolve())
+    manifest = MLLMManifest(recorded, identity_for(recorded))
+    write_manifest(out_dir, manifest)
+    logger.info("mllm recorded: %s (%s)", manifest.name_or_path, manifest.identity)
+    report: dict[str, Any] = {"name_or_path": manifest.name_or_path, "identity": manifest.identity}
+    base_report = local / "report.json"
+    if local.is_dir() and base_report.is_file():
+        # the shipped demo base model carries how it was made and how good it was
+        made = json.loads(base_report.read_text())
+        report["base_model"] = {k: made[k] for k in ("command", "fingerprint", "parameters", "vision", "eval") if k in made}
+    return report
 
 
-def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, progress: bool) -> dict[str, Any]:
-    import shutil
-
+def train_demo_mllm(mllm: MLLM, world_dir: Path, cfg: MLLMPretrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Teach ``mllm`` (in place) both MSJoE turns on ``world_dir``'s TRAIN split; evaluate on
+    its EVAL split. Returns the report (phases, loss curve, eval, timings)."""
     import torch
-
-    from msjoe.mllm.build import build_tiny_mllm
-    from msjoe.mllm.load import load_mllm
-    from msjoe.mllm.sft import supervised_finetune
 
     started = time.perf_counter()
     cpu_started = time.process_time()
     timings: dict[str, float] = {}
-    model_dir = out_dir / MODEL_SUBDIR
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    build_tiny_mllm(model_dir, build_corpus(world_dir, "train"), cfg.model, seed=cfg.seed)
-    mllm = load_mllm(str(model_dir))
-    timings["build_s"] = time.perf_counter() - started
-
     tick = time.perf_counter()
     videos = WorldVideos(world_dir)
     train = load_world_questions(world_dir, "train")
@@ -877,6 +872,7 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
     captions = caption_examples(world_dir, videos, cfg, rng) if cfg.caption_steps else []
     queries = query_examples(train, videos, cfg)
     answers = answer_examples(train, videos, cfg, rng)
+    videos._frames.clear()
     timings["examples_s"] = time.perf_counter() - tick
 
     torch.manual_seed(cfg.seed)
@@ -898,14 +894,8 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
     losses += sft.losses
     timings["sft_s"] = sft.seconds
     phases["turns"] = _phase_summary(sft)
-    mllm.save_pretrained(model_dir)
-    manifest = MLLMManifest(MODEL_SUBDIR, identity_for(MODEL_SUBDIR, model_dir))
-    write_manifest(out_dir, manifest)
 
     report: dict[str, Any] = {
-        "name_or_path": None,
-        "identity": manifest.identity,
-        "trained": True,
         "parameters": int(sum(p.numel() for p in mllm.model.parameters())),
         "vocabulary": len(mllm.tokenizer),
         "train_questions": len(train),
@@ -920,26 +910,20 @@ def _pretrain_demo(out_dir: Path, world_dir: Path, cfg: MLLMPretrainConfig, prog
         },
         "phases": phases,
         "loss_curve": losses,
-        "config": asdict(cfg),
     }
     eval_questions = load_world_questions(world_dir, "eval")
     if cfg.eval_questions is not None:
         eval_questions = eval_questions[: cfg.eval_questions]
     if eval_questions:
-        # Evaluate what later stages will load: the saved directory, through the one loader.
         tick = time.perf_counter()
-        report["eval"] = evaluate_mllm(load_prepared_mllm(out_dir), eval_questions, videos, cfg)
+        report["eval"] = evaluate_mllm(mllm, eval_questions, WorldVideos(world_dir), cfg)
         timings["eval_s"] = time.perf_counter() - tick
-    timings["total_s"] = time.perf_counter() - started
+    timings["train_total_s"] = time.perf_counter() - started
     # CPU seconds of this process (all its threads): on a shared machine wall time also counts
     # other people's work, CPU time does not.
-    timings["total_cpu_s"] = time.process_time() - cpu_started
-    report["timings"] = {k: round(v, 2) for k, v in timings.items()}
-    logger.info(
-        "demo mllm ready in %.0fs: eval %s",
-        timings["total_s"],
-        {k: v for k, v in report.get("eval", {}).items() if isinstance(v, float)},
-    )
+    timings["train_cpu_s"] = time.process_time() - cpu_started
+    report["timings"] = timings
+    logger.info("demo mllm trained: eval %s", {k: v for k, v in report.get("eval", {}).items() if isinstance(v, float)})
     return report
 
 
