@@ -100,6 +100,7 @@ def test_layout_pointer_pruning_and_replacing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_000003", "step_000004"]
     meta = read_meta(tmp_path / "step_000004")
     assert meta["step"] == 4 and meta["models"] == {"m": "module"} and meta["rng"] is True
+    assert "saved_at" not in meta  # no wall clock: checkpoint directories are hashed DVC outputs
     assert (tmp_path / "step_000004" / "rng" / "rank_00000.pt").is_file()
 
     with torch.no_grad():

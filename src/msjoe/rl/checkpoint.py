@@ -6,7 +6,9 @@ so a resumed run equals an uninterrupted one. Layout under a run's checkpoint di
 
     latest                  text file naming the newest complete checkpoint ("step_000120")
     step_000120/
-        meta.json           step, extra (JSON), what was saved and how; written last
+        meta.json           step, extra (JSON), what was saved and how; written last. No wall
+                            clock or timings: the directory is a DVC output, so its bytes must
+                            depend only on the run's settings and inputs
         engines/<name>/     DeepSpeed engine.save_checkpoint (weights, ZeRO optimiser
                             partitions, its lr scheduler; client_state carries the step)
         models/<name>.pt    state_dict of plain torch modules
@@ -37,7 +39,6 @@ import os
 import random
 import re
 import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ def save_checkpoint(
             their own).
         rng: also save the python, numpy (global) and torch (CPU, CUDA) RNG states.
         extra: JSON-serialisable run state returned by :func:`read_meta` (counters, metric
-            history, a numpy ``Generator``'s ``bit_generator.state``...).
+            history, a numpy ``Generator``'s ``bit_generator.state``...); deterministic values
+            only (no timings), as checkpoint directories are hashed DVC outputs.
         keep: keep only the newest ``keep`` checkpoints (``None`` keeps all).
 
     Returns:
@@ -261,7 +263,6 @@ def save_checkpoint(
             "schedulers": sorted(schedulers),
             "rng": rng,
             "world_size": world,
-            "saved_at": time.time(),
             "extra": json.loads(extra_json),
         }
         _write_text_atomic(tmp / _META, json.dumps(meta, indent=2))
