@@ -5,9 +5,13 @@ Only stages read params.yaml; they pass plain values to one library call each.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import re
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +34,113 @@ def params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:
     return data[section] or {}
 
 
+#: Where stages put run-dependent measurements (README "Reproducibility"): relative to the
+#: working directory the stages run in (the repository root); not a DVC output, gitignored.
+TIMINGS_DIR = Path("reports/timings")
+#: Key names of run-dependent values (wall/CPU time, throughput, memory, latency), which belong in
+#: TIMINGS_DIR and never in a stage's DVC metrics or plots. ``questions_per_step`` does not match.
+RUN_DEPENDENT_KEY = re.compile(
+    r"(seconds|(^|_)secs?$|_s$|per_s(ec)?$|rss|latency|timings?$|elapsed|wall|cpu_time|_at$)", re.IGNORECASE
+)
+#: Sub-trees of a report that echo inputs (params.yaml values such as ``evidence_tolerance_s``).
+ECHOED_INPUTS = frozenset({"params", "config"})
+
+_run: dict[str, Any] = {}
+
+
 def setup(name: str) -> logging.Logger:
     logging.basicConfig(level=os.environ.get("MSJOE_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     for noisy in ("great_expectations", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not _run:  # every stage: total wall time, CPU time and peak RSS into TIMINGS_DIR at exit
+        _run.update(stage=name, wall=time.perf_counter(), cpu=time.process_time(), extra={})
+        atexit.register(_write_run_timings)
     return logging.getLogger(f"stage.{name}")
 
 
 def write_report(path: Path, payload: dict[str, Any]) -> None:
+    """A stage's DVC metrics or plot JSON: deterministic values only (see :func:`write_timings`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def run_dependent_keys(payload: Any, path: str = "") -> list[str]:
+    """Paths (``a/b``) of the keys of ``payload`` named like run-dependent values, outside the
+    sub-trees that echo inputs; what :func:`write_report` payloads must not contain."""
+    found: list[str] = []
+    if isinstance(payload, Mapping):
+        for key, value in payload.items():
+            here = f"{path}/{key}"
+            if str(key) in ECHOED_INPUTS:
+                continue
+            if RUN_DEPENDENT_KEY.search(str(key)):
+                found.append(here)
+            found += run_dependent_keys(value, here)
+    elif isinstance(payload, list):
+        for i, value in enumerate(payload):
+            found += run_dependent_keys(value, f"{path}[{i}]")
+    return found
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MiB: ``VmHWM`` (per address space, so not the
+    high-water mark of the process that started this one, which ``ru_maxrss`` inherits across
+    vfork+exec), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    except (ImportError, OSError):
+        return None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def timings_path(stage: str) -> Path:
+    rank = _rank()
+    return TIMINGS_DIR / (f"{stage}.json" if rank == 0 else f"{stage}.rank{rank}.json")
+
+
+def write_timings(stage: str, mapping: Mapping[str, Any]) -> Path:
+    """Record run-dependent measurements of ``stage`` in ``reports/timings/<stage>.json``.
+
+    Wall and CPU time, throughput, peak memory, per-stage latencies: they differ between any two
+    runs, so they stay out of the DVC metrics (whose hashes ``dvc.lock`` records) and go here,
+    a file DVC does not track. Merged with the stage's earlier calls; the stage's total
+    ``wall_seconds``, ``cpu_seconds`` and ``peak_rss_mb`` are added (and refreshed at exit).
+    Rank > 0 of a distributed run writes ``<stage>.rank<N>.json``.
+    """
+    if _run.get("stage") == stage:
+        _run["extra"].update(mapping)
+        extra = _run["extra"]
+    else:
+        extra = dict(mapping)
+    payload: dict[str, Any] = {"stage": stage, **extra}
+    if _run.get("stage") == stage:
+        payload.update(wall_seconds=round(time.perf_counter() - _run["wall"], 3),
+                       cpu_seconds=round(time.process_time() - _run["cpu"], 3))
+    payload["peak_rss_mb"] = peak_rss_mb()
+    path = timings_path(stage)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+    except OSError as err:  # a measurement must never fail the stage
+        logging.getLogger(f"stage.{stage}").warning("timings not written to %s: %s", path, err)
+    return path
+
+
+def _write_run_timings() -> None:
+    write_timings(_run["stage"], {})
 
 
 def set_threads(threads: int | None) -> None:
