@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, setup, write_report
+from _common import deterministic, params, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -48,6 +48,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.table.to_parquet(args.out, index=False)
     write_report(args.report, {**result.report, "questions": counts, "split": split})
+    write_timings("difficulty", result.timings)
     log.info("%d questions: %d solved every time are dropped from RL, %d trainable",
              result.report["n_questions"], result.report["n_solved"], result.report["n_trainable"])
 

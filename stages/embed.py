@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, setup, write_report
+from _common import deterministic, params, setup, write_report, write_timings
 
 from msjoe.clip.model import load_clip
 from msjoe.embed import EmbedConfig, embed_videos
@@ -27,6 +27,7 @@ def main() -> None:
     clip = load_clip(args.clip, device=device)
     report = embed_videos(pd.read_parquet(args.videos), args.video_root, clip, args.out, EmbedConfig(**p))
     write_report(args.report, report.to_dict())
+    write_timings("embed", report.timings())
     log.info("embedded %d videos (%d cached, %d failed), %.0f frames/s", report.embedded, report.cached,
              report.failed, report.frames_per_s)
 

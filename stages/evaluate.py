@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, setup, write_report
+from _common import deterministic, params, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -92,6 +92,8 @@ def main() -> None:
             queries={label: overrides[label] for label in samplers},
         ))
     result = merge_results(results, p.get("metric_style", "accuracy"))
+    timings = result.report.pop("timings", {})
+    write_timings("evaluate", timings)
     report = {**result.report, "split": split, "questions_file": str(args.questions), "params": p}
     report["claims"] = claims_report(
         result.predictions, claims, resamples=int(p.get("bootstrap_resamples", 10_000)), seed=int(p.get("seed", 0))
@@ -115,7 +117,7 @@ def main() -> None:
     write_example_figures(result.examples, args.figures)
     log.info(
         "evaluated %d questions x %d configurations in %.0fs: %s",
-        report["n_questions"], len(report["samplers"]) * len(report["budgets"]), report["seconds"],
+        report["n_questions"], len(report["samplers"]) * len(report["budgets"]), timings.get("seconds", 0.0),
         {label: per for label, per in report["accuracy"].items()},
     )
     for name, claim in report["claims"].items():

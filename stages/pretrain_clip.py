@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import deterministic, params, setup, write_report
+from _common import deterministic, params, setup, write_report, write_timings
 
 from msjoe.clip.prepare import prepare_clip
 from msjoe.clip.pretrain import ClipTrainConfig
@@ -29,6 +29,7 @@ def main() -> None:
     curve = report.pop("loss_curve", [])
     args.loss_plot.parent.mkdir(parents=True, exist_ok=True)
     args.loss_plot.write_text(json.dumps([{"step": i, "loss": loss} for i, loss in enumerate(curve)]))
+    write_timings("pretrain_clip", (report.get("training") or {}).pop("timings", {}))
     write_report(args.report, report)
 
 

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 try:
-    from _common import deterministic, params, setup, write_report
+    from _common import deterministic, params, setup, write_report, write_timings
     from train_sampler import device_for_rank
 except ImportError:  # python -m stages.train_joint
-    from stages._common import deterministic, params, setup, write_report
+    from stages._common import deterministic, params, setup, write_report, write_timings
     from stages.train_sampler import device_for_rank
 
 
@@ -67,6 +67,8 @@ def main() -> None:
                         load_prepared_mllm(args.mllm, device=device, dtype=dtype),
                         build_sampler("uniform"), None, pcfg)
     report = train_joint(pipeline, items, args.out, args.checkpoints, cfg)
+    timings = report.pop("timings", {})
+    write_timings("train_joint", timings)
     if dist_info()[0] != 0 or not report["completed"]:
         return
     history = report.pop("history")
@@ -77,7 +79,7 @@ def main() -> None:
     write_report(args.report, {**report, "questions": counts, "params": cfg.__dict__})
     log.info("stage 2 done: %d steps, reward %.3f -> %.3f, r_info fired in %.1f%% of rollouts, %.0fs, "
              "peak RSS %.0f MiB", report["steps_done"], report["first_reward"], report["final_reward"],
-             100 * report["info_fire_rate"], report["seconds"], report["peak_rss_mb"])
+             100 * report["info_fire_rate"], timings["train_seconds"], timings["peak_rss_mb"])
 
 
 if __name__ == "__main__":

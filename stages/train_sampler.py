@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 
 try:
-    from _common import deterministic, params, setup, write_report
+    from _common import deterministic, params, setup, write_report, write_timings
 except ImportError:  # python -m stages.train_sampler
-    from stages._common import deterministic, params, setup, write_report
+    from stages._common import deterministic, params, setup, write_report, write_timings
 
 
 def device_for_rank() -> str:
@@ -75,6 +75,8 @@ def main() -> None:
     pipeline = Pipeline(load_clip(args.clip, device=device), load_prepared_mllm(args.mllm, device=device),
                         build_sampler("uniform"), None, pcfg)
     report = train_sampler(pipeline, items, difficulty, args.out, args.checkpoints, cfg)
+    timings = report.pop("timings", {})
+    write_timings("train_sampler", timings)
     if dist_info()[0] != 0 or not report["completed"]:
         return
     history = report.pop("history")
@@ -85,7 +87,7 @@ def main() -> None:
                                "params": cfg.__dict__})
     log.info("stage 1 done: %d steps, accuracy %.3f (uniform pass rate %.3f), %.0fs, peak RSS %.0f MiB",
              report["steps_done"], report["final_accuracy"], report["final_uniform_pass_rate"],
-             report["seconds"], report["peak_rss_mb"])
+             timings["train_seconds"], timings["peak_rss_mb"])
 
 
 if __name__ == "__main__":

@@ -52,8 +52,16 @@ class EmbedReport:
     clip_identity: str = ""
     failures: list[dict[str, str]] = field(default_factory=list)
 
+    #: run-dependent measurements: in :meth:`timings`, not in :meth:`to_dict` (the stage's metrics)
+    TIMINGS = ("seconds", "frames_per_s", "decode_seconds", "encode_seconds")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The deterministic counts (DVC metrics of the stage)."""
+        return {k: v for k, v in asdict(self).items() if k not in self.TIMINGS}
+
+    def timings(self) -> dict[str, float]:
+        """Wall time of the decode+encode loop, its throughput and the decode / encode shares."""
+        return {k: getattr(self, k) for k in self.TIMINGS}
 
 
 @dataclass(frozen=True)

@@ -518,12 +518,15 @@ def evaluate(
         "query_fallbacks": pipeline.query_failures - failures_before,
         "answer_turns": counts["answer"],
         "answer_turns_saved_by_sharing": len(plans) - counts["answer"],
-        "latency_s": {
-            stage: (wall[stage] / counts[stage] if counts[stage] else 0.0)
-            for stage in ("features", "query", "similarity", "sampler", "decode", "answer")
+        # run-dependent measurements: the stage writes them apart from its metrics
+        "timings": {
+            "latency_s": {
+                stage: (wall[stage] / counts[stage] if counts[stage] else 0.0)
+                for stage in ("features", "query", "similarity", "sampler", "decode", "answer")
+            },
+            "stage_seconds": {k: round(v, 3) for k, v in wall.items()},
+            "seconds": round(total, 3),
         },
-        "stage_seconds": {k: round(v, 3) for k, v in wall.items()},
-        "seconds": round(total, 3),
     })
     report["chance_accuracy"] = float(np.mean([1.0 / len(item.row.options) for item in items])) if items else None
     return EvalResult(report, predictions, examples)
@@ -778,7 +781,7 @@ def merge_results(results: Sequence[EvalResult], metric_style: str = "accuracy")
     """One report over runs that used different MLLMs (e.g. the base and the jointly trained one).
 
     The tables are recomputed from the concatenated predictions; run-level figures (latencies,
-    turn counts) are those of the first run, times are summed.
+    turn counts) are those of the first run, times (``timings["seconds"]``) are summed.
     """
     if not results:
         raise ValueError("nothing to merge")
@@ -786,5 +789,8 @@ def merge_results(results: Sequence[EvalResult], metric_style: str = "accuracy")
     report = {**results[0].report, **summarise(predictions, metric_style)}
     report["samplers"] = [label for r in results for label in r.report["samplers"]]
     report["oracle"] = any(r.report.get("oracle") for r in results)
-    report["seconds"] = round(sum(float(r.report.get("seconds", 0.0)) for r in results), 3)
+    report["timings"] = {
+        **(results[0].report.get("timings") or {}),
+        "seconds": round(sum(float((r.report.get("timings") or {}).get("seconds", 0.0)) for r in results), 3),
+    }
     return EvalResult(report, predictions, [e for r in results for e in r.examples])

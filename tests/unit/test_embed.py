@@ -51,6 +51,9 @@ def test_embed_streams_caches_and_resumes(tmp_path: Path, clip_dir: Path) -> Non
     first = embed_videos(videos, root, clip, cache, cfg, progress=False)
     # v0 and renamed share a key: the content is decoded and encoded once
     assert first.embedded == 3 and first.failed == 0 and first.cached == 1
+    # the metrics hold counts only; wall time and throughput are apart (reports/timings/embed.json)
+    assert not {"seconds", "frames_per_s", "decode_seconds", "encode_seconds"} & set(first.to_dict())
+    assert first.timings()["seconds"] > 0 and first.timings()["frames_per_s"] > 0
     index = load_index(cache)
     assert list(index["video"]) == ["v0.mp4", "v1.mp4", "v2.mp4", "renamed.mp4"]
     assert index.loc[0, "key"] == index.loc[3, "key"]

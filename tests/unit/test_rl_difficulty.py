@@ -48,6 +48,7 @@ def test_pass_rates_are_deterministic_and_solved_questions_are_dropped(
     assert first.report["n_solved"] == int((table["c"] == 1.0).sum())
     assert first.report["n_trainable"] == len(rl_items) - first.report["n_solved"]
     assert sum(first.report["pass_rate_histogram"].values()) == len(rl_items)
+    assert "seconds" not in first.report and first.timings["seconds"] > 0  # wall time kept apart
 
     kept, dropped = trainable_qids(table)
     assert dropped == first.report["n_solved"]

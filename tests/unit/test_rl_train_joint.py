@@ -62,6 +62,10 @@ def test_one_stage2_step_changes_mllm_and_sampler(
     assert rec["r_info"] <= 0.1 * rec["query_parse_rate"] + 1e-9
     assert rec["answer_parse_rate"] > 0.0  # the nudged model writes <answer> tags
     assert rec["ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # generation and scoring agree
+    # wall clock and memory only under "timings" (not in the history the checkpoints keep)
+    assert not {"seconds", "rollout_seconds", "update_seconds"} & set(rec)
+    assert not {"seconds", "peak_rss_mb"} & set(report)
+    assert [t["step"] for t in report["timings"]["steps"]] == [1] and report["timings"]["peak_rss_mb"] > 0
 
     # the evaluation's loaders read the outputs
     assert read_manifest(out).name_or_path == "model"

@@ -192,7 +192,12 @@ def test_one_stage1_step_changes_only_the_sampler(
     fresh = load_sampler("msjoe", {"seed": 0})
     changed = [k for k, v in trained.model.state_dict().items() if not torch.equal(v, fresh.model.state_dict()[k])]
     assert changed, "one step must move the sampler"
-    assert read_meta(latest_checkpoint(tmp_path / "ckpt"))["step"] == 1
+    meta = read_meta(latest_checkpoint(tmp_path / "ckpt"))
+    assert meta["step"] == 1
+    # no wall clock in the report, the history or the checkpoint (a hashed DVC output): under "timings"
+    assert "saved_at" not in meta and meta["extra"]["history"] == report["history"]
+    assert not {"seconds", "query_seconds", "peak_rss_mb"} & (set(report) | set(record))
+    assert len(report["timings"]["step_seconds"]) == 1 and report["timings"]["peak_rss_mb"] > 0
 
 
 def test_questions_without_difficulty_are_not_trained(

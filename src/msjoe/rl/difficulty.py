@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,10 +65,12 @@ class DifficultyConfig:
 class DifficultyResult:
     """``table``: one row per question (``qid, c, correct, attempts, parse_failures``);
     ``report``: counts (``n_questions``, ``n_solved`` = c = 1, dropped from RL; ``n_trainable``),
-    the mean pass rate and its histogram, timings."""
+    the mean pass rate and its histogram (deterministic: the stage's metrics); ``timings``: wall
+    time, run-dependent, kept apart."""
 
     table: pd.DataFrame
     report: dict[str, Any]
+    timings: dict[str, Any] = field(default_factory=dict)
 
 
 def measure_difficulty(
@@ -114,14 +116,13 @@ def measure_difficulty(
         "mean_pass_rate": float(c.mean()) if len(c) else 0.0,
         "parse_failure_rate": float(failures.sum() / max(len(answers), 1)),
         "pass_rate_histogram": {f"{lo:.1f}-{hi:.1f}": int(n) for lo, hi, n in zip(edges[:-1], edges[1:], hist)},
-        "seconds": time.perf_counter() - started,
         "config": asdict(cfg),
     }
     log.info(
         "difficulty of %d questions: mean pass rate %.3f, %d solved every time (dropped from RL)",
         len(items), report["mean_pass_rate"], solved,
     )
-    return DifficultyResult(table=table, report=report)
+    return DifficultyResult(table=table, report=report, timings={"seconds": time.perf_counter() - started})
 
 
 def trainable_qids(table: pd.DataFrame) -> tuple[dict[str, float], int]:

@@ -274,12 +274,14 @@ def train_joint(
     G = cfg.group_size
     logit_scale = pipeline.clip.logit_scale
     forbidden = vision_token_ids(mllm.model.config)
+    step_timings: list[dict[str, float]] = []  # this process's steps (run-dependent: not in history or checkpoints)
 
     step = start
     while step < cfg.steps:
         if cfg.stop_after is not None and step >= cfg.stop_after:
             log.info("stage 2 stopped after step %d (stop_after)", step)
-            return {"completed": False, "steps_done": step, "history": history}
+            return {"completed": False, "steps_done": step, "history": history,
+                    "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started}}
         tick = time.perf_counter()
         agg: dict[str, list[float]] = {k: [] for k in ("reward", "accuracy", "format", "info", "info_fired",
                                                          "fires", "query_ok", "answer_ok")}
@@ -370,17 +372,16 @@ def train_joint(
             "cut_turns": cut_turns,
             "lr": lrs[0],
             "sampler_lr": lrs[1],
-            "rollout_seconds": gen_s,
-            "update_seconds": train_s,
-            "seconds": time.perf_counter() - tick,
         }
         history.append(record)
+        step_timings.append({"step": step, "rollout_seconds": gen_s, "update_seconds": train_s,
+                             "seconds": time.perf_counter() - tick})
         log.info(
             "stage 2 step %d/%d: reward %.3f, accuracy %.3f, r_info fired %.2f, parse q %.2f a %.2f, "
             "clip %.3f, %.1fs (rollouts %.1fs)",
             step, cfg.steps, record["reward"], record["accuracy"], record["info_fire_rate"],
             record["query_parse_rate"], record["answer_parse_rate"], record["clip_fraction"],
-            record["seconds"], gen_s,
+            step_timings[-1]["seconds"], gen_s,
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint_dir, step, {"mllm": m_engine, "sampler": s_engine},
@@ -410,9 +411,10 @@ def train_joint(
         "info_fire_rate": mean(history, "info_fire_rate"),
         "query_parse_rate": mean(history, "query_parse_rate"),
         "answer_parse_rate": mean(history, "answer_parse_rate"),
-        "seconds": time.perf_counter() - started,
-        "peak_rss_mb": peak_rss_mb(),
         "zero_stage": m_engine.zero_optimization_stage(),
         "kl_reference": reference is not None,
         "history": history,
+        # run-dependent measurements, which the stage writes apart from its metrics
+        "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started,
+                    "peak_rss_mb": peak_rss_mb()},
     }

@@ -285,12 +285,15 @@ def train_sampler(
         log.info("stage 1 resumes at step %d of %d", start, cfg.steps)
     levels, max_q = model.config.levels, model.config.max_queries
     k = min(cfg.questions_per_step, len(train))
+    step_seconds: list[float] = []  # this process's steps (run-dependent: not in history or checkpoints)
 
     step = start
     while step < cfg.steps:
         if cfg.stop_after is not None and step >= cfg.stop_after:
             log.info("stage 1 stopped after step %d (stop_after)", step)
-            return {"completed": False, "steps_done": step, "history": history}
+            return {"completed": False, "steps_done": step, "history": history,
+                    "timings": {"query_seconds": query_seconds, "step_seconds": step_seconds,
+                                "train_seconds": time.perf_counter() - started}}
         tick = time.perf_counter()
         acc, adv_sum, loss_sum, ent_sum, mean_c = [], 0.0, 0.0, 0.0, []
         lr = float(scheduler.get_last_lr()[0])  # the rate this step uses
@@ -329,13 +332,13 @@ def train_sampler(
             "entropy": ent_sum / cfg.grad_accum,
             "lr": lr,
             "prior_scale": float(model.prior_scale.detach().float().cpu().reshape(-1)[0]),
-            "seconds": time.perf_counter() - tick,
         }
         history.append(record)
+        step_seconds.append(time.perf_counter() - tick)
         log.info(
             "stage 1 step %d/%d: accuracy %.3f (uniform %.3f), advantage %+.3f, loss %.4f, %.1fs",
             step, cfg.steps, record["accuracy"], record["uniform_pass_rate"], record["advantage"],
-            record["loss"], record["seconds"],
+            record["loss"], step_seconds[-1],
         )
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(checkpoint_dir, step, {"sampler": engine}, extra={"history": history, "run": run},
@@ -352,13 +355,13 @@ def train_sampler(
         "world_size": world,
         "n_train_questions": len(train),
         "query_parse_rate": float(np.mean([q.turn.ok for q in queries])),
-        "query_seconds": query_seconds,
         "final_accuracy": float(np.mean([h["accuracy"] for h in tail])),
         "final_uniform_pass_rate": float(np.mean([h["uniform_pass_rate"] for h in tail])),
         "first_accuracy": history[0]["accuracy"] if history else None,
-        "seconds": time.perf_counter() - started,
-        "peak_rss_mb": peak_rss_mb(),
         "sampler_parameters": model.num_parameters(),
         "zero_stage": engine.zero_optimization_stage(),
         "history": history,
+        # run-dependent measurements, which the stage writes apart from its metrics
+        "timings": {"query_seconds": query_seconds, "step_seconds": step_seconds,
+                    "train_seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()},
     }
