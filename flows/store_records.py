@@ -60,9 +60,11 @@ def stage_fields(root: Path, spec: StageSpec) -> dict[str, Any]:
     """``record_stage`` keyword arguments describing a finished stage from dvc.lock + metrics.
 
     Metrics are stored per file (``{"reports/x.json": {...}}``), as ``msjoe db rebuild`` does,
-    so rows written by a flow and by a rebuild look the same.
+    so rows written by a flow and by a rebuild look the same; the stage's timings
+    (``reports/timings/<stage>.json``, not a DVC metric) are indexed the same way when present.
     """
     from msjoe.store import sha256_json
+    from msjoe.store.rebuild import timings_file
 
     fields: dict[str, Any] = {"cmd": spec.cmd}
     entry = lock_entry(root, spec.name)
@@ -75,7 +77,7 @@ def stage_fields(root: Path, spec: StageSpec) -> dict[str, Any]:
             params=dict(entry.get("params") or {}),
             lock_hash=sha256_json(entry),
         )
-    metrics = read_json_metrics(root, list(spec.metrics))
+    metrics = read_json_metrics(root, [*spec.metrics, timings_file(spec.name)])
     if metrics:
         fields["metrics"] = metrics
     return fields

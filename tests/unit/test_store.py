@@ -114,6 +114,9 @@ def write_fake_repo(root: Path, *, questions: list[dict[str, Any]] | None = None
         "        cache: false\n"
     )
     (root / "reports" / "eval.json").write_text(json.dumps({"accuracy": 0.625, "n": 8}))
+    # run-dependent measurements live apart from the DVC metrics; indexed with them when present
+    (root / "reports" / "timings").mkdir(exist_ok=True)
+    (root / "reports" / "timings" / "evaluate.json").write_text(json.dumps({"wall_seconds": 1.5}))
     (root / "dvc.lock").write_text(
         "schema: '2.0'\n"
         "stages:\n"
@@ -390,8 +393,9 @@ def check_rebuild(url: str, root: Path) -> None:
 
     stages = {s["stage"]: s for s in list_stage_runs(url, first.run_key)}
     assert set(stages) == {"ingest", "evaluate"}
-    assert stages["evaluate"]["metrics"] == {"reports/eval.json": {"accuracy": 0.625, "n": 8}}
-    assert stages["ingest"]["metrics"] is None
+    assert stages["evaluate"]["metrics"] == {"reports/eval.json": {"accuracy": 0.625, "n": 8},
+                                             "reports/timings/evaluate.json": {"wall_seconds": 1.5}}
+    assert stages["ingest"]["metrics"] is None  # neither metrics nor timings: nothing indexed
     with session_scope(url) as s:
         ingest = s.scalars(select(StageRun).where(StageRun.stage == "ingest")).one()
         assert ingest.deps_md5 == {"stages/ingest.py": "0a1b2c3d4e5f60718293a4b5c6d7e8f9"}

@@ -135,6 +135,16 @@ def _declared_metrics(root: Path) -> dict[str, list[str]]:
     return found
 
 
+#: Run-dependent measurements of each stage (wall and CPU time, peak RSS, throughput), written by
+#: the stages next to, not into, their DVC metrics (``stages/_common.py``: ``write_timings``).
+TIMINGS_DIR = "reports/timings"
+
+
+def timings_file(stage: str) -> str:
+    """``reports/timings/<stage>.json``: indexed with the stage's metrics when it exists."""
+    return f"{TIMINGS_DIR}/{stage}.json"
+
+
 def _read_metrics(root: Path, files: list[str], notes: list[str]) -> dict[str, Any] | None:
     values: dict[str, Any] = {}
     for rel in files:
@@ -188,7 +198,9 @@ def _rebuild_stages(session: Session, root: Path, report: RebuildReport) -> None
             outs=_hash_map(entry.get("outs")),
             params=plain(entry.get("params") or {}),
             lock_hash=sha256_json(entry),
-            metrics=_read_metrics(root, metrics_files.get(str(name), []), report.notes),
+            metrics=_read_metrics(
+                root, [*metrics_files.get(str(name), []), timings_file(str(name))], report.notes
+            ),
         )
         report.stages += 1
 
