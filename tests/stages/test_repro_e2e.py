@@ -16,19 +16,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY_MLLM = {"vocab_size": 400, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "num_kv_heads": 2,
-             "vision_hidden_size": 32, "vision_intermediate_size": 64, "vision_depth": 1}
 TINY_PIPELINE = {"preview_size": 32, "answer_size": 32, "max_new_tokens": 16, "query_max_new_tokens": 16,
                  "batch_size": 8}
 TINY = {
     "world": {"videos": {"train": 3, "eval": 2}, "frames": 48, "size": 32, "scene_frames": [12, 24]},
     "clip": {"train": {"steps": 3, "batch_size": 16, "warmup_steps": 1}, "threads": 1},
     "embed": {"max_candidates": 16, "threads": 1, "chunk_frames": 8},
-    "mllm": {"threads": 1, "pretrain": {"k_frames": 4, "train_frame_counts": [2, 4], "frame_size": 32,
-                                        "preview_size": 16, "evidence_sets": 1, "extra_questions": 1,
-                                        "caption_steps": 2, "caption_batch_size": 4, "query_steps": 2,
-                                        "query_batch_size": 4, "model": TINY_MLLM,
-                                        "sft": {"max_steps": 3, "batch_size": 4}, "eval_questions": 2}},
     "difficulty": {"n_attempts": 2, "budget": 4, "batch_size": 8, "max_new_tokens": 16, "threads": 1},
     "train_sampler": {"steps": 2, "questions_per_step": 2, "budget": 4, "checkpoint_every": 1, "threads": 1,
                       "pipeline": TINY_PIPELINE},
@@ -59,7 +52,8 @@ def _run(args: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
-    for item in ("dvc.yaml", "stages", "src", "bento", "infra", "requirements.lock", ".gitignore"):
+    # weights/: the shipped demo base MLLM, recorded by pretrain_mllm and loaded like a real checkpoint
+    for item in ("dvc.yaml", "stages", "src", "bento", "infra", "weights", "requirements.lock", ".gitignore"):
         source = ROOT / item
         if source.is_dir():
             shutil.copytree(source, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -281,10 +282,20 @@ def test_demo_base_is_deterministic_and_reuses_its_world(trained: tuple[Path, di
     cfg_world = report["config"]["world"]
     work = out.parent / "work"
     cfg = _tiny_base_config()
-    assert sorted(p.name for p in work.iterdir()) == [f"vision-{cfg.vision_fingerprint()}.pt", f"world-{cfg.world_fingerprint()}"]
-    again = pretrain_demo_base(tmp_path / "again", _tiny_base_config(), work, progress=False)
-    assert again["fingerprint"] == report["fingerprint"] and cfg_world["seed"] == 3
-    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    assert sorted(p.name for p in work.iterdir()) == [
+        f"turns-{cfg.turns_fingerprint()}", f"vision-{cfg.vision_fingerprint()}.pt", f"world-{cfg.world_fingerprint()}"
+    ]
+    # from scratch in a fresh work directory: the same bytes
+    fresh = pretrain_demo_base(tmp_path / "fresh", cfg, tmp_path / "work", progress=False)
+    assert fresh["fingerprint"] == report["fingerprint"] and cfg_world["seed"] == 3
+    assert (tmp_path / "fresh" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # a second pass resumes after the cached mixed phase, and training it changes the weights
+    longer = replace(cfg, pretrain=replace(cfg.pretrain, second_pass_steps=2))
+    assert longer.turns_fingerprint() == cfg.turns_fingerprint()
+    resumed = pretrain_demo_base(tmp_path / "longer", longer, work, progress=False)
+    assert resumed["phases"]["second_pass"]["steps"] == 2
+    assert resumed["phases"]["turns"] == report["phases"]["turns"]
+    assert (tmp_path / "longer" / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
 def test_stage_records_a_relative_checkpoint_as_given(trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,7 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.pretrain import MLLMPretrainConfig
+from msjoe.mllm.sft import SFTConfig
 from msjoe.world.config import WorldConfig
 
 if TYPE_CHECKING:
@@ -58,10 +60,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPORT = "report.json"
+#: Model settings the vision tower (and so its cached training) depends on; the text model's
+#: depth or width apart from ``hidden_size`` (the merger's output) does not change it.
+_TOWER_FIELDS = ("hidden_size", "patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels")
 
 
 def _pretrain_world() -> WorldConfig:
     return WorldConfig(seed=1000, videos={"train": 500, "eval": 100})
+
+
+def _turns_recipe() -> MLLMPretrainConfig:
+    """The language side of the demo base model (a 3-layer Qwen2.5 text model)."""
+    return MLLMPretrainConfig(
+        model=TinyMLLMConfig(num_layers=3),
+        sft=SFTConfig(learning_rate=2e-3, batch_size=8, max_steps=2500),
+        train_frame_counts=(2, 3, 5, 8),
+        distractor_event_fraction=0.5,
+        no_evidence_ratio=0.5,
+        extra_questions=1,
+        caption_steps=300,
+        query_steps=600,
+        second_pass_steps=1200,
+    )
 
 
 @dataclass(frozen=True)
@@ -74,13 +94,13 @@ class VisionPretrainConfig:
     event-free frames kept per video (all event frames are kept).
     """
 
-    steps: int = 4000
+    steps: int = 10000
     batch_size: int = 32
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
-    event_fraction: float = 0.5
-    preview_fraction: float = 0.25
+    event_fraction: float = 0.8
+    preview_fraction: float = 0.2
     background_frames_per_video: int = 16
     eval_frames: int = 1024
     seed: int = 0
@@ -98,7 +118,7 @@ class DemoBaseConfig:
 
     world: WorldConfig = field(default_factory=_pretrain_world)
     vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
-    pretrain: MLLMPretrainConfig = field(default_factory=MLLMPretrainConfig)
+    pretrain: MLLMPretrainConfig = field(default_factory=_turns_recipe)
     threads: int = 2
 
     def fingerprint(self) -> str:
@@ -109,9 +129,16 @@ class DemoBaseConfig:
         """Names the cached pre-training world (it depends on the world settings only)."""
         return _digest(asdict(self.world))
 
+    def turns_fingerprint(self) -> str:
+        """Names the cached model after the first mixed phase (all but the second pass and eval)."""
+        before = asdict(replace(self.pretrain, second_pass_steps=0, eval_questions=None, eval_batch_size=1))
+        return _digest([self.vision_fingerprint(), before, self.threads])
+
     def vision_fingerprint(self) -> str:
         """Names the cached vision tower after perception training (world, tower, recipe)."""
-        return _digest([asdict(self.world), asdict(self.vision), asdict(self.pretrain.model), self.pretrain.seed,
+        model = asdict(self.pretrain.model)
+        tower = {k: v for k, v in model.items() if k.startswith("vision_") or k in _TOWER_FIELDS}
+        return _digest([asdict(self.world), asdict(self.vision), tower, self.pretrain.seed,
                         self.pretrain.frame_size, self.pretrain.preview_size])
 
 
@@ -215,12 +242,24 @@ def _pooled_tokens(mllm: MLLM, images: list[Any]) -> Any:
     return torch.stack([chunk.mean(dim=0) for chunk in torch.split(tokens, sizes)])
 
 
-def _images(data: PerceptionData, indices: np.ndarray, small: np.ndarray, frame_size: int, preview_size: int) -> list[Any]:
+def _images(
+    data: PerceptionData,
+    indices: np.ndarray,
+    small: np.ndarray,
+    frame_size: int,
+    preview_size: int,
+    flip: np.ndarray | None = None,
+) -> list[Any]:
+    """The frames as the pipeline shows them (downscaled like answer frames or previews),
+    optionally mirrored left-right: every shape of the world is left-right symmetric, so a
+    mirrored frame is a new, correctly labelled example (the tower otherwise memorises the
+    few thousand event frames instead of learning shapes)."""
     from msjoe.mllm.prompts import downscale
 
+    flip = np.zeros(len(indices), dtype=bool) if flip is None else flip
     return [
-        downscale(data.frames[i], (preview_size if s else frame_size) ** 2)
-        for i, s in zip(indices.tolist(), small.tolist(), strict=True)
+        downscale(np.ascontiguousarray(data.frames[i][:, ::-1]) if f else data.frames[i], (preview_size if s else frame_size) ** 2)
+        for i, s, f in zip(indices.tolist(), small.tolist(), flip.tolist(), strict=True)
     ]
 
 
@@ -272,7 +311,8 @@ def pretrain_vision(
         n_event = int(rng.binomial(cfg.batch_size, cfg.event_fraction))
         idx = np.concatenate([rng.choice(events, n_event), rng.choice(empty, cfg.batch_size - n_event)])
         small = rng.random(cfg.batch_size) < cfg.preview_fraction
-        logits = heads(_pooled_tokens(mllm, _images(train, idx, small, frame_size, preview_size)))
+        flip = rng.random(cfg.batch_size) < 0.5
+        logits = heads(_pooled_tokens(mllm, _images(train, idx, small, frame_size, preview_size, flip)))
         loss = sum(
             torch.nn.functional.cross_entropy(logits[name], torch.as_tensor(labels[name][idx]))
             for name in logits
@@ -401,7 +441,8 @@ def _pretrain(out_dir: Path, cfg: DemoBaseConfig, work_dir: Path, progress: bool
     timings["vision_s"] = time.perf_counter() - tick
 
     pretrain_cfg = replace(cfg.pretrain, sft=replace(cfg.pretrain.sft, freeze_vision=True))
-    report = train_demo_mllm(mllm, world_dir, pretrain_cfg, progress)
+    turns_cache = work_dir / f"turns-{cfg.turns_fingerprint()}"
+    report = train_demo_mllm(mllm, world_dir, pretrain_cfg, progress, turns_checkpoint=turns_cache)
     mllm.save_pretrained(staging)
     if out_dir.exists():
         shutil.rmtree(out_dir)

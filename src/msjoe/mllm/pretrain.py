@@ -136,7 +136,11 @@ class MLLMPretrainConfig:
     Phases (0 steps skips one): ``caption_steps`` steps of single-frame captioning (batch
     ``caption_batch_size``, ``caption_frames_per_video`` frames per training video,
     ``caption_event_fraction`` of them showing an event); ``query_steps`` steps of the query
-    turn alone (batch ``query_batch_size``); then ``sft`` on both turns mixed.
+    turn alone (batch ``query_batch_size``); then ``sft`` on both turns mixed; then
+    ``second_pass_steps`` steps of a second pass over both turns mixed (``sft``'s batch and
+    rate, a fresh warmup and cosine schedule): reading the answer off a list of several seen
+    events is the slowest skill and kept improving after a restart of the rate. (A pass over
+    the answer turn alone was tried: it made the model forget the query turn.)
 
     ``eval_questions``: cap on evaluated EVAL questions (None: all; 0: skip evaluation).
     """
@@ -161,6 +165,7 @@ class MLLMPretrainConfig:
     caption_event_fraction: float = 0.75
     query_steps: int = 400
     query_batch_size: int = 16
+    second_pass_steps: int = 0
     eval_questions: int | None = None
     eval_batch_size: int = 16
     seed: int = 0
@@ -759,7 +764,6 @@ def evaluate_mllm(
     the events shown (with ``describe``).
     """
     rng = np.random.default_rng(cfg.seed + 1)
-    started = time.perf_counter()
     k = cfg.k_frames
     sets: dict[str, list[list[int]]] = {"evidence": [], "uniform": [], "no_evidence": []}
     for q in questions:
@@ -816,7 +820,6 @@ def evaluate_mllm(
     report["query_examples"] = [
         {"qid": q.qid, "question": q.question, "generated": t} for q, t in list(zip(questions, query_texts))[:4]
     ]
-    report["eval_seconds"] = round(time.perf_counter() - started, 2)
     return report
 
 
@@ -854,9 +857,20 @@ def prepare_mllm(name_or_path: str, out_dir: Path) -> dict[str, Any]:
     return report
 
 
-def train_demo_mllm(mllm: MLLM, world_dir: Path, cfg: MLLMPretrainConfig, progress: bool = True) -> dict[str, Any]:
+def train_demo_mllm(
+    mllm: MLLM,
+    world_dir: Path,
+    cfg: MLLMPretrainConfig,
+    progress: bool = True,
+    turns_checkpoint: Path | None = None,
+) -> dict[str, Any]:
     """Teach ``mllm`` (in place) both MSJoE turns on ``world_dir``'s TRAIN split; evaluate on
-    its EVAL split. Returns the report (phases, loss curve, eval, timings)."""
+    its EVAL split. Returns the report (phases, loss curve, eval, timings).
+
+    ``turns_checkpoint``: where the model after the mixed phase is kept (with its phase
+    summaries), so that a rerun that only changes the answer phase resumes there instead of
+    repeating the three phases before it (they are deterministic, so the result is the same).
+    """
     import torch
 
     started = time.perf_counter()
@@ -876,24 +890,28 @@ def train_demo_mllm(mllm: MLLM, world_dir: Path, cfg: MLLMPretrainConfig, progre
     timings["examples_s"] = time.perf_counter() - tick
 
     torch.manual_seed(cfg.seed)
-    losses: list[float] = []
-    phases: dict[str, Any] = {}
-    if captions:
-        caption_cfg = replace(cfg.sft, max_steps=cfg.caption_steps, batch_size=cfg.caption_batch_size)
-        captioning = supervised_finetune(mllm, captions, caption_cfg, progress=progress)
-        losses += captioning.losses
-        timings["caption_s"] = captioning.seconds
-        phases["caption"] = _phase_summary(captioning)
-    if queries and cfg.query_steps:
-        query_cfg = replace(cfg.sft, max_steps=cfg.query_steps, batch_size=cfg.query_batch_size)
-        querying = supervised_finetune(mllm, queries, query_cfg, progress=progress)
-        losses += querying.losses
-        timings["query_s"] = querying.seconds
-        phases["query"] = _phase_summary(querying)
-    sft = supervised_finetune(mllm, queries + [a.example for a in answers], cfg.sft, progress=progress)
-    losses += sft.losses
-    timings["sft_s"] = sft.seconds
-    phases["turns"] = _phase_summary(sft)
+    saved_phases = turns_checkpoint / "phases.json" if turns_checkpoint is not None else None
+    if turns_checkpoint is not None and saved_phases is not None and saved_phases.is_file():
+        from msjoe.mllm.load import load_mllm
+
+        mllm.model = load_mllm(str(turns_checkpoint)).model
+        kept = json.loads(saved_phases.read_text())
+        phases, losses = kept["phases"], kept["losses"]
+        logger.info("resumed after the mixed phase from %s", turns_checkpoint)
+    else:
+        losses, phases, phase_seconds = _first_phases(mllm, captions, queries, answers, cfg, progress)
+        timings.update(phase_seconds)
+        if turns_checkpoint is not None:
+            partial = turns_checkpoint.with_name(turns_checkpoint.name + ".partial")
+            mllm.save_pretrained(partial)
+            (partial / "phases.json").write_text(json.dumps({"phases": phases, "losses": losses}))
+            partial.rename(turns_checkpoint)
+    if cfg.second_pass_steps:
+        answer_cfg = replace(cfg.sft, max_steps=cfg.second_pass_steps, seed=cfg.sft.seed + 1)
+        second = supervised_finetune(mllm, queries + [a.example for a in answers], answer_cfg, progress=progress)
+        losses += second.losses
+        timings["second_pass_s"] = second.seconds
+        phases["second_pass"] = _phase_summary(second)
 
     report: dict[str, Any] = {
         "parameters": int(sum(p.numel() for p in mllm.model.parameters())),
@@ -925,6 +943,37 @@ def train_demo_mllm(mllm: MLLM, world_dir: Path, cfg: MLLMPretrainConfig, progre
     report["timings"] = timings
     logger.info("demo mllm trained: eval %s", {k: v for k, v in report.get("eval", {}).items() if isinstance(v, float)})
     return report
+
+
+def _first_phases(
+    mllm: MLLM,
+    captions: list[SFTExample],
+    queries: list[SFTExample],
+    answers: list[AnswerExample],
+    cfg: MLLMPretrainConfig,
+    progress: bool,
+) -> tuple[list[float], dict[str, Any], dict[str, float]]:
+    """Captioning, the query turn alone, then both turns mixed: losses, summaries, seconds."""
+    losses: list[float] = []
+    phases: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    if captions:
+        caption_cfg = replace(cfg.sft, max_steps=cfg.caption_steps, batch_size=cfg.caption_batch_size)
+        captioning = supervised_finetune(mllm, captions, caption_cfg, progress=progress)
+        losses += captioning.losses
+        seconds["caption_s"] = captioning.seconds
+        phases["caption"] = _phase_summary(captioning)
+    if queries and cfg.query_steps:
+        query_cfg = replace(cfg.sft, max_steps=cfg.query_steps, batch_size=cfg.query_batch_size)
+        querying = supervised_finetune(mllm, queries, query_cfg, progress=progress)
+        losses += querying.losses
+        seconds["query_s"] = querying.seconds
+        phases["query"] = _phase_summary(querying)
+    sft = supervised_finetune(mllm, queries + [a.example for a in answers], cfg.sft, progress=progress)
+    losses += sft.losses
+    seconds["sft_s"] = sft.seconds
+    phases["turns"] = _phase_summary(sft)
+    return losses, phases, seconds
 
 
 def _phase_summary(sft: Any) -> dict[str, Any]:

@@ -409,6 +409,10 @@ def train_joint(
         "first_accuracy": mean(head, "accuracy"),
         "final_accuracy": mean(tail, "accuracy"),
         "info_fire_rate": mean(history, "info_fire_rate"),
+        # the base policy's firing rate (first steps): a calibrated r_info fires on some
+        # rollouts only, else it cannot tell informative queries from the rest
+        "first_info_fire_rate": mean(head, "info_fire_rate"),
+        "final_info_fire_rate": mean(tail, "info_fire_rate"),
         "query_parse_rate": mean(history, "query_parse_rate"),
         "answer_parse_rate": mean(history, "answer_parse_rate"),
         "zero_stage": m_engine.zero_optimization_stage(),
