@@ -1,6 +1,6 @@
 """The MSJoE inference pipeline: one object from (video, question, options, budget) to an answer.
 
-Steps (DESIGN.md section 2): candidate-frame CLIP features (cached by content hash) ->
+Steps (docs/design.md): candidate-frame CLIP features (cached by content hash) ->
 ``budget // 2`` low-resolution previews -> the MLLM's query turn (parsed; the question itself
 is the fallback query, and the failure is counted) -> CLIP text features of the queries against
 the frame features (similarity ``n_queries x T``) -> any registered frame sampler -> the answer

@@ -59,7 +59,7 @@ def _context():  # noqa: ANN202
 
 
 def question_checks() -> list[Check]:
-    """Row-level contract of a QA row (DESIGN.md section 6), before its video is probed."""
+    """Row-level contract of a QA row (docs/design.md section 4), before its video is probed."""
     e = _gx().expectations
     checks = [
         Check(e.ExpectColumnValuesToNotBeNull(column=c), f"missing required field '{c}'")

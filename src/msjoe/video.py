@@ -102,7 +102,7 @@ def probe_video(path: Path) -> VideoInfo:
 def candidate_indices(n_frames: int, video_fps: float, fps: float, max_candidates: int) -> np.ndarray:
     """Frame indices of the candidates: one frame every 1/fps seconds, uniformly thinned to the cap.
 
-    This is the method's candidate set (DESIGN.md section 2, step 1). Frame i is shown at
+    This is the method's candidate set (docs/design.md section 1, step 1). Frame i is shown at
     time i / video_fps; we take the frame nearest each sampling instant.
     """
     if n_frames <= 0:

@@ -1,6 +1,6 @@
 """Convert public long-video QA benchmarks' annotation files into our QA JSONL schema.
 
-Our schema (DESIGN.md section 6), one object per question: ``qid``, ``video`` (relative to
+Our schema (docs/design.md section 4), one object per question: ``qid``, ``video`` (relative to
 a video root), ``question``, ``options`` (2-10 texts without "A." / "(A)" labels),
 ``answer`` (a letter), optional ``duration_s``, ``category``, ``split``, ``evidence``.
 With every benchmark in this shape, evaluation, validation and the sampler never learn

@@ -227,7 +227,7 @@ def make_row(
 
 
 def check_row(row: dict[str, Any]) -> None:
-    """Final schema gate applied to every adapter's output (DESIGN.md section 6)."""
+    """Final schema gate applied to every adapter's output (docs/design.md section 4)."""
     for key in ("qid", "video", "question", "answer", "category", "split"):
         if not isinstance(row.get(key), str) or not row[key]:
             raise Reject(f"row field {key!r} must be a non-empty string")

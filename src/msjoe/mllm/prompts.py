@@ -6,7 +6,7 @@ The functions are pure (no model, no tokenizer) so the same prompts are used by 
 model, by Qwen2.5-VL-7B, by training and by serving, and the tiny tokenizer can be trained on
 their fixed wording (:func:`prompt_vocabulary`).
 
-Design choices (DESIGN.md section 2): the query turn sees the question, the lettered options and
+Design choices (docs/design.md): the query turn sees the question, the lettered options and
 ``n_preview`` low-resolution preview frames; the answer turn sees only the K selected frames at
 full resolution (previews are not shown again).
 """

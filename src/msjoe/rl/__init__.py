@@ -1,4 +1,4 @@
-"""RL building blocks of MSJoE's joint evolution (DESIGN.md section 2, "Rewards", "Training").
+"""RL building blocks of MSJoE's joint evolution (docs/design.md section 2).
 
 Light to import (numpy only): the rewards. The torch and DeepSpeed parts load on first use:
 advantages (``msjoe.rl.advantages``), the GRPO / REINFORCE losses (``msjoe.rl.grpo``), engine

@@ -1,4 +1,4 @@
-"""Advantages for the two training stages (DESIGN.md section 2, "Training, two stages").
+"""Advantages for the two training stages (docs/design.md section 2).
 
 * :func:`difficulty_advantage` (stage 1, sampler pre-training). A question's difficulty ``c``
   is the base MLLM's pass rate with uniform frames. Rewarding ``1/c`` when correct and

@@ -18,7 +18,7 @@ the price of letting long rollouts dominate. Sequences without any valid token a
 
 **KL.** With ``kl_coef > 0`` a penalty towards a frozen reference policy is added per token,
 using the non-negative, unbiased "k3" estimator ``exp(ref - new) - (ref - new) - 1`` (Schulman,
-"Approximating KL divergence"), as in GRPO. DESIGN.md's default is ``kl_coef = 0`` (no
+"Approximating KL divergence"), as in GRPO. Our default is ``kl_coef = 0`` (no
 reference model needed).
 
 :func:`reinforce_loss` is the score-function estimator for the sampler: ``-(A * log p).mean()``

@@ -1,4 +1,4 @@
-"""Per-rollout rewards of MSJoE: ``r = r_acc + r_format + r_info`` (DESIGN.md section 2).
+"""Per-rollout rewards of MSJoE: ``r = r_acc + r_format + r_info`` (docs/design.md).
 
 Pure functions of already-parsed rollout outcomes (numpy only, no torch), so the training loop,
 the evaluation and the tests score a rollout the same way:
@@ -123,7 +123,7 @@ def info_reward(
         transform: ``"softmax"`` (default) - softmax over frames of ``logit_scale * sim``,
             so the test reads "the best frame is ``tau`` times likelier than the worst", i.e.
             ``logit_scale * (max - min) > ln(tau)``; ``"raw"`` - the cosines themselves.
-        weight: reward for all rows peaked (DESIGN.md: 0.1).
+        weight: reward for all rows peaked (docs/design.md: 0.1).
 
     Edge cases:
         * ``min <= 0`` (possible with ``"raw"`` cosines, or a softmax that underflows): the
@@ -205,7 +205,7 @@ def total_reward(
     info_weight: float = 0.1,
     format_bonus: float = 0.1,
 ) -> RewardBreakdown:
-    """Score one rollout: ``accuracy + format + info`` (DESIGN.md section 2, "Rewards").
+    """Score one rollout: ``accuracy + format + info`` (docs/design.md section 2).
 
     ``sim`` is the similarity matrix of the *generated* queries. When the query turn did not
     parse (``query_ok`` False) the pipeline falls back to the question as the only query; that

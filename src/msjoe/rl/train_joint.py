@@ -1,6 +1,6 @@
 """Stage 2 of MSJoE training: joint RL of the MLLM (GRPO) and the sampler (REINFORCE).
 
-Per question, G rollouts (DESIGN.md section 2): the query turn is *sampled* (temperature 1) from
+Per question, G rollouts (docs/design.md): the query turn is *sampled* (temperature 1) from
 the current MLLM -> parsed queries (the question is the fallback, counted) -> CLIP similarity
 against the cached frame features -> a Gumbel-top-k draw of K frames from the sampler -> the
 answer turn, sampled -> ``r = r_acc + r_format + r_info`` (:mod:`msjoe.rl.rewards`). Rewards are

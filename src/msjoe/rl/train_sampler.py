@@ -1,6 +1,6 @@
 """Stage 1 of MSJoE training: REINFORCE on the sampler with the difficulty-aware advantage.
 
-The MLLM is frozen (DESIGN.md section 2): it writes each question's visual queries and answers
+The MLLM is frozen (docs/design.md): it writes each question's visual queries and answers
 from the frames the sampler draws; only the sampler learns. Because the MLLM does not change,
 each question's query turn and its similarity matrix are computed once (greedy by default) and
 cached for the run; a training step only redoes the sampler's draw and the answer turn, which is

@@ -1,6 +1,6 @@
 """Training-free frame-selection baselines run in the same harness as MSJoE.
 
-DESIGN.md section 2 lists them: ``uniform``, ``clip_topk``, ``bolt``, ``aks`` and ``qframe``.
+docs/design.md lists them: ``uniform``, ``clip_topk``, ``bolt``, ``aks`` and ``qframe``.
 Each is reimplemented here from its paper and, where one is public, its official code, so
 the comparison uses the published rule and defaults rather than a loose paraphrase.
 Deviations needed to always return exactly ``min(K, T)`` unique frames are documented per

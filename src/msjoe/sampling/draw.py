@@ -1,6 +1,6 @@
 """Turning the sampler's log-probabilities into frames, and scoring draws for REINFORCE.
 
-DESIGN.md section 2, step 4: training draws K frames *without replacement* from p with the
+docs/design.md section 1, step 4: training draws K frames *without replacement* from p with the
 Gumbel-top-k trick, and the policy-gradient term uses the log-probability of that draw;
 inference takes the top-K of p. Two log-probabilities are offered:
 

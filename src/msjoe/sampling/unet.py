@@ -1,6 +1,6 @@
 """The MSJoE frame sampler: a 1-D U-Net over time that turns similarities into frame logits.
 
-Input (DESIGN.md section 2, step 4): the ``n_queries x T`` cosine matrix between the generated
+Input (docs/design.md section 1, step 4): the ``n_queries x T`` cosine matrix between the generated
 queries and the candidate frames, padded to ``max_queries = 4`` rows, plus a frame-mask channel,
 so ``(B, 5, T_pad)`` with ``T_pad`` a multiple of ``2**levels``. Output: one logit per frame;
 a masked softmax gives the sampling distribution p over frames.
@@ -48,7 +48,7 @@ class UNetConfig:
         channel_mult: channel multiplier per level (length ``levels``).
         kernel_size: temporal kernel of the convolutions (odd).
         dropout: dropout inside residual blocks (training only).
-        max_queries: query rows the input is padded to (DESIGN.md: 4).
+        max_queries: query rows the input is padded to (docs/design.md: 4).
         groups: GroupNorm groups (reduced where a layer has fewer channels).
         prior_scale: initial weight of the similarity prior added to the logits (learnable).
     """
