@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -17,3 +20,15 @@ for _key, _value in {
     "OMP_NUM_THREADS": "1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module of tiny-model tests (two threads on two shared cores
+    thrash), restored afterwards; modules opt in with ``pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

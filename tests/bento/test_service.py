@@ -33,12 +33,7 @@ OPTIONS = ["red", "green", "blue", "yellow"]
 MAX_UPLOAD = 200_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ from msjoe.sampling import build_sampler
 from msjoe.stats import holm, wilson_interval
 from tests.unit.test_pipeline import (  # noqa: F401 (shared module fixtures)
     CFG,
-    _one_thread,
     clip,
     clip_dir,
     mllm,
@@ -41,6 +40,8 @@ from tests.unit.test_pipeline import (  # noqa: F401 (shared module fixtures)
     questions,
     world,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (tests/conftest.py)
 
 
 def test_evaluate_report_for_two_samplers_and_two_budgets(

@@ -10,13 +10,11 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from msjoe.mllm import pretrain
@@ -83,12 +81,7 @@ def _config(**overrides: object) -> MLLMPretrainConfig:
     return MLLMPretrainConfig(**{**base, **overrides})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch on one thread (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

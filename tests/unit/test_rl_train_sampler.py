@@ -126,13 +126,10 @@ def params_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread_and_ds_env() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_ds_env(one_thread: None) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         ds_env(mp)
         yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
