@@ -1,8 +1,10 @@
-"""dvc.yaml <-> code: every stage runs a script of ours that exists, depends on it and on the
-params section it reads, and every stage script is wired into the DAG."""
+"""dvc.yaml <-> code: every stage runs a script of ours that exists, depends on it, on every
+module of ours it imports (transitively) and on the params section it reads, and every stage
+script is wired into the DAG."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -28,6 +30,70 @@ def test_every_stage_runs_an_existing_script_it_depends_on() -> None:
             assert (ROOT / dep).exists() or any(
                 dep == out or dep.startswith(f"{out}/") for other in DVC.values() for out in _outs(other)
             ), f"{name}: dependency {dep} is neither in the repo nor produced by a stage"
+
+
+SRC = ROOT / "src"
+
+
+def _module_file(module: str) -> Path | None:
+    path = SRC.joinpath(*module.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every module name ``path`` imports, at the top or inside functions (lazy imports run
+    too), relative imports resolved, ``from m import x`` also as ``m.x`` (x may be a module)."""
+    package = list(path.relative_to(SRC).parent.parts) if SRC in path.parents else []
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _code_closure(script: str) -> set[str]:
+    """Repository files a stage script runs: itself, ``stages/_common.py`` when imported, and
+    every ``msjoe`` module reachable through imports (each package's ``__init__`` included)."""
+    seen: set[Path] = set()
+    todo = [ROOT / script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_names(path):
+            parts = name.split(".")
+            if parts[0] == "_common":
+                todo.append(ROOT / "stages" / "_common.py")
+            elif parts[0] == "msjoe":
+                todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+def _uncovered(files: set[str], deps: list[str]) -> list[str]:
+    return sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+
+
+def test_deps_cover_every_module_a_stage_imports() -> None:
+    """An edit to any code a stage runs must make DVC rerun it (no stale results)."""
+    for name, stage in DVC.items():
+        files = _code_closure(_script(stage["cmd"]))
+        assert "src/msjoe/__init__.py" in files, f"{name}: the import walk found no msjoe module"
+        assert not _uncovered(files, stage["deps"]), f"{name}: deps miss {_uncovered(files, stage['deps'])}"
+
+
+def test_dependency_check_notices_a_missing_module() -> None:
+    files = _code_closure(_script(DVC["evaluate"]["cmd"]))
+    assert {"src/msjoe/stats.py", "src/msjoe/mllm/parsing.py", "stages/_common.py"} <= files
+    deps = [d for d in DVC["evaluate"]["deps"] if d != "src/msjoe/mllm"]
+    assert "src/msjoe/mllm/parsing.py" in _uncovered(files, deps)
 
 
 def test_stage_params_match_the_sections_the_scripts_read() -> None:
