@@ -73,14 +73,14 @@ def _turns_recipe() -> MLLMPretrainConfig:
     """The language side of the demo base model (a 3-layer Qwen2.5 text model)."""
     return MLLMPretrainConfig(
         model=TinyMLLMConfig(num_layers=3),
-        sft=SFTConfig(learning_rate=2e-3, batch_size=8, max_steps=3500),
+        sft=SFTConfig(learning_rate=2e-3, batch_size=8, max_steps=2500),
         train_frame_counts=(2, 3, 5, 8),
         distractor_event_fraction=0.5,
         no_evidence_ratio=0.5,
         extra_questions=1,
         caption_steps=300,
         query_steps=600,
-        second_pass_steps=2000,
+        second_pass_steps=1200,
     )
 
 

@@ -20,14 +20,12 @@ module holds the part of that recipe that teaches the two MSJoE turns
 
    - *Query turn*: question + options + ``K/2`` uniformly spaced low-resolution previews ->
      the world's reference queries, one ``<query>...</query>`` line each.
-   - *Answer turn*: frame sets with a run of 1-3 consecutive frames of every target event
-     plus fillers (other frames, part of them runs of other events' frames: the neighbouring
-     frames around a similarity peak and the distractors a query-driven sampler brings)
-     and sets without the evidence, sorted by time. The reply lists the events seen, each
-     once however many frames show it, and answers what they imply
-     (:mod:`msjoe.world.reasoning`): the right option when the evidence is shown, what was
-     seen otherwise (a count too low, ...), a uniformly random option when the seen events
-     imply none. So the model is right when it is shown the
+   - *Answer turn*: frame sets with one frame of every target event plus fillers (other
+     frames, part of them other events' frames: the distractors a query-driven sampler
+     brings) and sets without the evidence, sorted by time. The reply lists the events seen
+     and answers what they imply (:mod:`msjoe.world.reasoning`): the right option when the
+     evidence is shown, what was seen otherwise (a count too low, ...), a uniformly random
+     option when the seen events imply none. So the model is right when it is shown the
      evidence and no better than what it saw when it is not: frame choice is what matters,
      which is what the sampler's reward and the difficulty scores rely on.
 
@@ -76,7 +74,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ANSWER_FORMATS",
-    "MAX_RUN_FRAMES",
     "CAPTION_PROMPT",
     "MANIFEST",
     "MODEL_SUBDIR",
@@ -526,19 +523,6 @@ def uniform_frame_set(n_frames: int, k: int) -> list[int]:
     return [int(i) for i in selection.indices]
 
 
-#: Longest run of consecutive frames taken from one event: samplers pick neighbouring frames
-#: around a similarity peak, so the answer turn must see one event over several frames and
-#: still list it once.
-MAX_RUN_FRAMES = 3
-
-
-def _sub_run(run: Sequence[int], rng: np.random.Generator, room: int) -> list[int]:
-    """A random stretch of 1 to ``MAX_RUN_FRAMES`` (at most ``room``) consecutive frames of ``run``."""
-    length = int(rng.integers(1, min(len(run), MAX_RUN_FRAMES, room) + 1))
-    first = int(rng.integers(0, len(run) - length + 1))
-    return [int(f) for f in run[first : first + length]]
-
-
 def _fill(
     chosen: set[int],
     k: int,
@@ -547,20 +531,15 @@ def _fill(
     distractor_event_fraction: float,
     rng: np.random.Generator,
 ) -> list[int]:
-    """Add fillers to ``chosen`` until it holds ``k`` frames (or ``others`` runs out): with
-    probability ``distractor_event_fraction`` a run of frames of another event, else one frame."""
-    runs = event_runs(distractors)
+    """Add fillers to ``chosen`` until it holds ``k`` frames (or ``others`` runs out)."""
     while len(chosen) < k:
-        if runs and rng.random() < distractor_event_fraction:
-            free = [[f for f in run if f not in chosen] for run in runs]
-            free = [run for run in free if run]
-            if free:
-                picked = _sub_run(event_runs(free[int(rng.integers(0, len(free)))])[0], rng, k - len(chosen))
-                chosen.update(picked)
-                continue
-        pool = others[~np.isin(others, list(chosen))]
+        use_events = len(distractors) > 0 and rng.random() < distractor_event_fraction
+        pool = distractors if use_events else others
+        pool = pool[~np.isin(pool, list(chosen))]
         if not len(pool):
-            break
+            pool = others[~np.isin(others, list(chosen))]
+            if not len(pool):
+                break
         chosen.add(int(rng.choice(pool)))
     return sorted(chosen)
 
@@ -574,23 +553,18 @@ def evidence_frame_set(
     event_frames: Sequence[int] = (),
     distractor_event_fraction: float = 0.0,
 ) -> list[int]:
-    """K sorted frames: a run of 1 to ``MAX_RUN_FRAMES`` frames of every target event, then
-    non-evidence fillers.
+    """K sorted frames with one random frame of every target event and non-evidence fillers.
 
-    A filler is a run of another event's frames (the distractors a sampler brings) with
-    probability ``distractor_event_fraction``, else any non-evidence frame. When the runs do
-    not fit in K, one frame per target event (a random K of them if there are more than K).
+    A filler is drawn from ``event_frames`` that are not evidence (other events, the
+    distractors a sampler brings) with probability ``distractor_event_fraction``, else from
+    any non-evidence frame. More target events than K: a random K of them.
     """
     runs = event_runs(evidence_frames)
     if not runs:
         raise ValueError("no evidence frames")
-    chosen: set[int] = set()
-    for run in runs:
-        chosen.update(_sub_run(run, rng, MAX_RUN_FRAMES))
+    chosen = {int(rng.choice(run)) for run in runs}
     if len(chosen) > k:
-        chosen = {int(rng.choice(run)) for run in runs}
-        if len(chosen) > k:
-            chosen = set(rng.choice(sorted(chosen), size=k, replace=False).tolist())
+        chosen = set(rng.choice(sorted(chosen), size=k, replace=False).tolist())
     evidence = set(int(f) for f in evidence_frames)
     others = np.array([f for f in range(n_frames) if f not in evidence], dtype=np.int64)
     distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
@@ -783,7 +757,7 @@ def evaluate_mllm(
 ) -> dict[str, Any]:
     """Greedy accuracy of the answer turn on three K-frame sets, and query-turn quality.
 
-    ``evidence``: a run of frames per target event + fillers (as in training, seed ``cfg.seed + 1``);
+    ``evidence``: one frame per target event + fillers (as in training, seed ``cfg.seed + 1``);
     ``uniform``: the uniform sampler's K frames; ``no_evidence``: K evidence-free frames.
     Answers are parsed with the options (letter or option text); unparsable counts as wrong.
     ``seen_exact_evidence``: share of evidence-set replies whose ``Seen:`` list is exactly
