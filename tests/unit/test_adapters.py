@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from msjoe.adapters import FORMATS, ConvertReport, convert, convert_file, rejects_path
-from msjoe.adapters._common import Reject, strip_letter_prefixes
-from msjoe.adapters.lvbench import parse_time_reference, split_question
+from msjoe.adapters._common import Reject, split_embedded_options, strip_letter_prefixes
+from msjoe.adapters.lvbench import parse_time_reference
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
 INPUTS = {
@@ -18,6 +18,11 @@ INPUTS = {
     "mlvu": FIXTURES / "mlvu",
     "longvideobench": FIXTURES / "longvideobench" / "lvb_val.json",
     "lvbench": FIXTURES / "lvbench" / "video_info.meta.jsonl",
+}
+#: The same benchmarks in the form lmms-eval's task files read (recognised automatically).
+LMMS_EVAL_INPUTS = {
+    "mlvu": FIXTURES / "mlvu-lmms-eval" / "mlvu_dev.json",
+    "lvbench": FIXTURES / "lvbench-lmms-eval" / "lvbench.jsonl",
 }
 
 
@@ -174,6 +179,37 @@ def test_mlvu_single_file_and_ambiguous_answer(tmp_path: Path) -> None:
     assert rows == [] and "ambiguous" in _reasons(report)["5_order.json#0"]
 
 
+def test_mlvu_lmms_eval_form_splits_embedded_options_and_names_tasks_as_official() -> None:
+    rows, report = convert("mlvu", LMMS_EVAL_INPUTS["mlvu"])
+    # the same question as the official file's first item: same fields but the qid
+    assert rows[0] == {**MLVU_PLOT_ROW, "qid": "mlvu-1"}
+    assert rows[1] == {
+        "qid": "mlvu-2",
+        "video": "count_12.mp4",
+        "question": "How many times does the person jump?",
+        "options": ["2", "3", "4", "5"],
+        "answer": "C",
+        "category": "count",
+        "split": "dev",
+    }
+    assert (report.total, report.converted) == (4, 2)
+    reasons = _reasons(report)
+    assert "'E' is not among the 4 options" in reasons["3"]
+    assert "no embedded options" in reasons["4"]
+
+
+def test_mlvu_lmms_eval_parquet_reads_like_its_json(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = json.loads(LMMS_EVAL_INPUTS["mlvu"].read_text(encoding="utf-8"))
+    for record in records:
+        record.setdefault("duration", None)
+    parquet = tmp_path / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(records), parquet)
+    assert convert("mlvu", parquet)[0] == convert("mlvu", LMMS_EVAL_INPUTS["mlvu"])[0]
+
+
 # --------------------------------------------------------------------------- LongVideoBench
 
 LVB_ROWS = [
@@ -298,12 +334,24 @@ def test_lvbench_splits_embedded_options_and_parses_evidence() -> None:
     assert "near the end" in report.warnings[0]["reason"]
 
 
+def test_lvbench_lmms_eval_rows_match_the_official_questions() -> None:
+    rows, report = convert("lvbench", LMMS_EVAL_INPUTS["lvbench"])
+    # no video_info in these rows, so no duration; everything else as the official file gives
+    official = {row["qid"]: {k: v for k, v in row.items() if k != "duration_s"} for row in LVBENCH_ROWS}
+    assert rows[0] == official["lvbench-55"]
+    assert rows[1] == {**official["lvbench-56"], "question": "Why does the fox run back to the den?"}
+    assert (report.total, report.converted) == (4, 2)
+    reasons = _reasons(report)
+    assert "missing field 'uid'" in reasons["line 3"]
+    assert "must be relative to the video root" in reasons["58"]
+
+
 def test_lvbench_question_and_time_reference_parsers() -> None:
-    assert split_question("Q?\n(A) x\n(B)  y z \n(C) w") == ("Q?", ["x", "y z", "w"])
+    assert split_embedded_options("Q?\n(A) x\n(B)  y z \n(C) w") == ("Q?", ["x", "y z", "w"])
     with pytest.raises(Reject, match="in order"):
-        split_question("Q?\n(A) x\n(C) y")
+        split_embedded_options("Q?\n(A) x\n(C) y")
     with pytest.raises(Reject, match="empty"):
-        split_question("Q?\n(A) x\n(B) ")
+        split_embedded_options("Q?\n(A) x\n(B) ")
     assert parse_time_reference("00:15-00:19") == [[15.0, 19.0]]
     assert parse_time_reference("1:02:03 - 1:02:04.5; 5-9") == [[3723.0, 3724.5], [5.0, 9.0]]
     with pytest.raises(ValueError, match="ends before"):
@@ -313,9 +361,11 @@ def test_lvbench_question_and_time_reference_parsers() -> None:
 # --------------------------------------------------------------------------- shared rules
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_every_item_is_accounted_for_and_qids_are_unique(fmt: str) -> None:
-    rows, report = convert(fmt, INPUTS[fmt])
+@pytest.mark.parametrize(
+    ("fmt", "path"), [(fmt, INPUTS[fmt]) for fmt in FORMATS] + sorted(LMMS_EVAL_INPUTS.items())
+)
+def test_every_item_is_accounted_for_and_qids_are_unique(fmt: str, path: Path) -> None:
+    rows, report = convert(fmt, path)
     assert report.converted == len(rows) > 0
     assert report.converted + len(report.rejected) == report.total
     assert report.rejected, "each fixture holds malformed items"

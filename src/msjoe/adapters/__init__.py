@@ -6,12 +6,18 @@ a video root), ``question``, ``options`` (2-10 texts without "A." / "(A)" labels
 With every benchmark in this shape, evaluation, validation and the sampler never learn
 where a question came from.
 
-Formats (one module each; their docstrings record the per-benchmark decisions):
+Formats (one module each; their docstrings record the per-benchmark decisions). Each reads
+both distributions people have, the benchmark's own release and the dataset files
+lmms-eval's task reads, and recognises which one an item comes in by its fields:
 
-- ``videomme``: Video-MME test rows (parquet / json); category ``"{short|medium|long}/{task}"``.
-- ``mlvu``: MLVU dev multiple-choice json files (one file or the json folder).
-- ``longvideobench``: LongVideoBench ``lvb_val.json``.
-- ``lvbench``: LVBench ``video_info.meta.jsonl`` (options embedded in the question text).
+- ``videomme``: lmms-eval's flat test rows (parquet / json) or the official per-video JSON
+  with a ``questions`` list; category ``"{short|medium|long}/{task}"``.
+- ``mlvu``: the official dev json files (one file or the json folder; answer as option text)
+  or lmms-eval's dev items (options embedded as "(A) ...", answer letter, task code).
+- ``longvideobench``: the official ``lvb_val.json`` (``candidates``) or lmms-eval's parquet
+  (``option0``..``option4``).
+- ``lvbench``: the official ``video_info.meta.jsonl`` (one line per video with its ``qa``)
+  or lmms-eval's flat rows (``video_path``, options embedded or listed).
 
 Rules shared by all formats: a malformed item (missing field, wrong type, answer not among
 the options, a duplicate qid, ...) becomes a reject with its reason; nothing is dropped

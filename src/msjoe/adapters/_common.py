@@ -23,6 +23,8 @@ MIN_OPTIONS, MAX_OPTIONS = 2, 10
 # "A. text", "A) text", "(A) text", "[A] text", "A: text". A bare "A text" is NOT a prefix:
 # real options such as "A man opens the door" must keep their first word.
 _PREFIX = re.compile(r"^\s*(?:\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-Ja-j])[.):])\s*")
+# "(A) text" at a line start: options embedded in the question text (LVBench, lmms-eval MLVU).
+_OPTION_MARK = re.compile(r"(?:^|\n)[ \t]*\(([A-J])\)[ \t]*")
 _ANSWER = re.compile(r"^\s*[\(\[]?\s*([A-Ja-j])\s*[\)\]]?\s*[.:]?\s*$")
 
 
@@ -172,6 +174,29 @@ def strip_letter_prefixes(options: Sequence[str], *, required: bool) -> list[str
             f"{[letter or '-' for letter in letters]}"
         )
     return list(options)
+
+
+def split_embedded_options(text: str) -> tuple[str, list[str]]:
+    """Split ``"question\\n(A) x\\n(B) y"`` into the question and ``["x", "y"]``.
+
+    Options must start at a line beginning and be lettered A, B, C... in order, so an
+    "(A)" inside the question text itself is not mistaken for an option.
+    """
+    marks = list(_OPTION_MARK.finditer(text))
+    if not marks:
+        raise Reject("question has no embedded options ('\\n(A) ...')")
+    letters = [mark.group(1) for mark in marks]
+    if letters != list(LETTERS[: len(letters)]):
+        raise Reject(f"embedded options must be lettered (A), (B), ... in order, got {letters}")
+    question = text[: marks[0].start()].strip()
+    if not question:
+        raise Reject("question text before the options is empty")
+    ends = [mark.start() for mark in marks[1:]] + [len(text)]
+    options = [text[mark.end() : end].strip() for mark, end in zip(marks, ends, strict=True)]
+    for letter, option in zip(letters, options, strict=True):
+        if not option:
+            raise Reject(f"option ({letter}) is empty")
+    return question, options
 
 
 def answer_letter(value: Any, n_options: int) -> str:

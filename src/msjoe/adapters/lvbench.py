@@ -1,6 +1,7 @@
-"""LVBench ``video_info.meta.jsonl`` (``THUDM/LVBench`` on the Hugging Face hub) -> QA rows.
+"""LVBench -> QA rows, from either distribution (recognised per line/row).
 
-One line per video: ``key`` (YouTube id; the downloaded file is ``{key}.mp4``), ``type``
+**Official** ``video_info.meta.jsonl`` (``THUDM/LVBench`` on the Hugging Face hub), one line per
+video: ``key`` (YouTube id; the downloaded file is ``{key}.mp4``), ``type``
 (video genre), ``video_info`` (``duration_minutes``, ``fps``, ``resolution``) and ``qa``, a
 list of ``{uid, question, answer, question_type, time_reference}``. The options are
 embedded in the question text, one per line: ``"What year ...?\\n(A) 1636\\n(B) 1366..."``;
@@ -14,6 +15,12 @@ Decisions: ``category`` is the ``question_type`` list joined with ``","``
 cannot be parsed is a *warning*: the question stays, the evidence is left out);
 ``split`` is ``"test"``; the qid is ``"lvbench-{uid}"``. A line that is not valid JSON or
 lacks ``key``/``qa`` is one reject (its questions cannot be counted individually).
+
+**lmms-eval** (``lmms-eval/LVBench``, read by ``lmms_eval/tasks/lvbench/utils.py``): one flat row
+per question, ``video_path`` (relative to the video folder), ``question`` with the options
+either embedded as above or in an ``options`` list, the ``answer`` letter, and the official
+per-question fields (``uid``, ``question_type``, ``time_reference``) carried along. A row
+without ``qa`` is read in this form; the same decisions apply (the qid needs ``uid``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from msjoe.adapters._common import (
-    LETTERS,
     Outcome,
     Reject,
     answer_letter,
@@ -36,19 +42,25 @@ from msjoe.adapters._common import (
     require_id,
     require_mapping,
     require_str,
+    require_str_list,
+    split_embedded_options,
+    strip_letter_prefixes,
 )
 
 PREFIX = "lvbench"
 SPLIT = "test"
 
-_OPTION_MARK = re.compile(r"(?:^|\n)[ \t]*\(([A-J])\)[ \t]*")
 _TIME = r"\d+(?::\d{1,2}){0,2}(?:\.\d+)?"
 _SPAN = re.compile(rf"^\s*({_TIME})\s*[-\u2013~]\s*({_TIME})\s*$")
 
 
 def outcomes(input_path: Path) -> Iterator[Outcome]:
-    """Convert every question of every video line of ``video_info.meta.jsonl``."""
+    """Convert every question of every video line of ``video_info.meta.jsonl``, or every
+    flat question row of lmms-eval's copy (JSON / JSONL / parquet)."""
     for item, record in read_records(input_path):
+        if isinstance(record, dict) and "qa" not in record and "question" in record:
+            yield guarded(_flat_item(item, record), _convert_flat, _flat_item(item, record), record)
+            continue
         try:
             video, duration_s, qas = _video_fields(record)
         except Reject as err:
@@ -73,29 +85,6 @@ def _video_fields(record: Any) -> tuple[str, float | None, list[Any]]:
             raise Reject("missing field 'qa' (list of questions)")
         raise Reject(f"field 'qa' must be a list, got {type(qas).__name__}")
     return video, duration_s, qas
-
-
-def split_question(text: str) -> tuple[str, list[str]]:
-    """Split ``"question\\n(A) x\\n(B) y"`` into the question and ``["x", "y"]``.
-
-    Options must start at a line beginning and be lettered A, B, C... in order, so an
-    "(A)" inside the question text itself is not mistaken for an option.
-    """
-    marks = list(_OPTION_MARK.finditer(text))
-    if not marks:
-        raise Reject("question has no embedded options ('\\n(A) ...')")
-    letters = [mark.group(1) for mark in marks]
-    if letters != list(LETTERS[: len(letters)]):
-        raise Reject(f"embedded options must be lettered (A), (B), ... in order, got {letters}")
-    question = text[: marks[0].start()].strip()
-    if not question:
-        raise Reject("question text before the options is empty")
-    ends = [mark.start() for mark in marks[1:]] + [len(text)]
-    options = [text[mark.end() : end].strip() for mark, end in zip(marks, ends, strict=True)]
-    for letter, option in zip(letters, options, strict=True):
-        if not option:
-            raise Reject(f"option ({letter}) is empty")
-    return question, options
 
 
 def _seconds(stamp: str) -> float:
@@ -137,10 +126,34 @@ def _category(qa: dict[str, Any]) -> str:
     return ",".join(kind.strip() for kind in kinds)
 
 
-def _convert(item: str, qa: Any, video: str, duration_s: float | None) -> Outcome:
+def _flat_item(item: str | int, record: dict[str, Any]) -> str | int:
+    uid = record.get("uid")
+    return str(uid) if isinstance(uid, str | int) and str(uid) else item
+
+
+def _convert_flat(item: str | int, record: dict[str, Any]) -> Outcome:
+    """One lmms-eval row: the video from ``video_path`` (or ``key``), the rest as official."""
+    if record.get("video_path") is not None:
+        video = relative_video(require_str(record, "video_path"))
+    else:
+        video = relative_video(f"{require_str(record, 'key')}.mp4")
+    info = record.get("video_info")
+    duration_s = optional_seconds(info, "duration_minutes", scale=60.0) if isinstance(info, dict) else None
+    return _convert(item, record, video, duration_s)
+
+
+def _question_and_options(qa: dict[str, Any]) -> tuple[str, list[str]]:
+    """Options from an ``options`` list when there is one (lmms-eval), else from the text."""
+    if qa.get("options") is None:
+        return split_embedded_options(require_str(qa, "question"))
+    options = strip_letter_prefixes(require_str_list(qa, "options"), required=False)
+    return require_str(qa, "question"), options
+
+
+def _convert(item: str | int, qa: Any, video: str, duration_s: float | None) -> Outcome:
     qa = require_mapping(qa)
     uid = require_id(qa, "uid")
-    question, options = split_question(require_str(qa, "question"))
+    question, options = _question_and_options(qa)
     warnings: list[str] = []
     evidence: list[list[float]] = []
     reference = qa.get("time_reference")
