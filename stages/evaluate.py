@@ -5,8 +5,9 @@ that sampler), so a baseline can be evaluated as published and with generated qu
 claims declared under ``evaluate.claims`` are checked against the samplers and budgets before
 anything runs and tested on the per-question predictions at the end (report key ``claims``).
 
-Also runs on any benchmark converted to our schema and ingested (``--questions``), scored in the
-benchmark's official style (``metric_style: mlvu_mean_task`` for MLVU).
+Also runs on any benchmark converted to our schema and ingested (``--questions``); with
+``benchmark: videomme|mlvu|longvideobench|lvbench`` the report adds that benchmark's published
+scores (``official``, ``official_breakdown``).
 """
 
 from __future__ import annotations
@@ -86,12 +87,12 @@ def main() -> None:
                             next(iter(samplers.values())), FeatureStore(args.features), cfg)
         results.append(evaluate(
             questions, args.video_root, pipeline, samplers, budgets,
-            oracle=bool(p.get("oracle", True)) and name == default, metric_style=p.get("metric_style", "accuracy"),
+            oracle=bool(p.get("oracle", True)) and name == default, benchmark=p.get("benchmark"),
             n_examples=int(p.get("n_example_figures", 0)) if name == default else 0,
             evidence_tolerance_s=float(p.get("evidence_tolerance_s", 0.0)),
             queries={label: overrides[label] for label in samplers},
         ))
-    result = merge_results(results, p.get("metric_style", "accuracy"))
+    result = merge_results(results, p.get("benchmark"))
     timings = result.report.pop("timings", {})
     write_timings("evaluate", timings)
     report = {**result.report, "split": split, "questions_file": str(args.questions), "params": p}

@@ -16,8 +16,10 @@ unless the caller overrides it per label (``queries``): a query-driven baseline 
 both as published (the question as its one query) and with the MLLM's generated queries, so
 the table separates what query reasoning buys from what the sampler buys.
 
-Metrics (``report``): ``accuracy[sampler][budget]``, ``official[sampler][budget]`` (the
-benchmark's metric style: plain accuracy or MLVU's mean of per-task accuracies),
+Metrics (``report``): ``accuracy[sampler][budget]``, ``official[sampler][budget]`` (the number
+the benchmark's own table shows: MLVU's M-Avg, overall accuracy otherwise) with
+``official_breakdown[sampler][budget]`` (its group scores: Video-MME and LongVideoBench by
+duration group, LVBench by question type; :mod:`msjoe.official`),
 ``evidence_hit_rate[sampler][budget]`` (share of questions with evidence where at least one
 selected frame lies inside an evidence span), ``accuracy_per_category``, visual tokens per
 answer, parse rates, and mean per-turn stage latencies. Every proportion comes with its n and a
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from msjoe import official
 from msjoe.episode import is_correct
 from msjoe.features import VideoFeatures
 from msjoe.pipeline import FrameSource, Pipeline, query_source
@@ -51,7 +54,6 @@ from msjoe.video import resolve_video
 
 __all__ = [
     "CLAIM_KINDS",
-    "METRIC_STYLES",
     "ORACLE",
     "QUERY_MODES",
     "Claim",
@@ -62,7 +64,6 @@ __all__ = [
     "evaluate",
     "evidence_hit",
     "evidence_positions",
-    "mean_task_accuracy",
     "oracle_selection",
     "parse_claims",
     "query_modes",
@@ -73,7 +74,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ORACLE = "oracle"
-METRIC_STYLES = ("accuracy", "mlvu_mean_task")
 QUERY_MODES = ("none", "question", "generated")
 CLAIM_KINDS = ("superior", "noninferior")
 CONFIDENCE = 0.95
@@ -109,22 +109,6 @@ def evidence_hit(selected_timestamps: Sequence[float], evidence: Any, tolerance_
     if not _spans(evidence):
         return None
     return bool(evidence_positions(np.asarray(selected_timestamps), evidence, tolerance_s).any())
-
-
-def mean_task_accuracy(correct: Sequence[bool], tasks: Sequence[str]) -> float:
-    """MLVU's official multiple-choice score: the mean over tasks of each task's accuracy.
-
-    >>> mean_task_accuracy([True, True, True, False], ["a", "a", "a", "b"])
-    0.5
-    """
-    if len(correct) != len(tasks):
-        raise ValueError(f"{len(correct)} results for {len(tasks)} task labels")
-    per: dict[str, list[bool]] = defaultdict(list)
-    for c, task in zip(correct, tasks, strict=True):
-        per[str(task)].append(bool(c))
-    if not per:
-        return float("nan")
-    return float(np.mean([np.mean(v) for v in per.values()]))
 
 
 def oracle_selection(timestamps: np.ndarray, evidence: Any, budget: int) -> Selection:
@@ -201,9 +185,13 @@ def _interval(successes: int, n: int) -> list[float] | None:
     return [float(x) for x in wilson_interval(int(successes), int(n), CONFIDENCE)] if n else None
 
 
-def summarise(
-    predictions: pd.DataFrame, metric_style: str = "accuracy"
-) -> dict[str, Any]:
+def _duration(row: Any) -> float | None:
+    """The question's video length in seconds (LongVideoBench groups by it); None if unknown."""
+    value = getattr(row, "duration_s", None)
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[str, Any]:
     """Aggregate per-question predictions into the report's per sampler x budget tables.
 
     Besides the point estimates every proportion carries its n and a 95% Wilson interval:
@@ -213,12 +201,11 @@ def summarise(
     ``query_parse_n``, the questions whose similarity came from generated queries). Intervals
     are ``[lo, hi]``, None where n is 0.
     """
-    if metric_style not in METRIC_STYLES:
-        raise ValueError(f"metric_style must be one of {METRIC_STYLES}, got {metric_style!r}")
+    official.check_benchmark(benchmark)
     out: dict[str, Any] = {
         key: {}
         for key in (
-            "accuracy", "accuracy_ci", "official", "evidence_hit_rate", "evidence_hit_rate_ci",
+            "accuracy", "accuracy_ci", "official", "official_breakdown", "evidence_hit_rate", "evidence_hit_rate_ci",
             "evidence_hit_n", "accuracy_per_category", "accuracy_per_category_ci", "questions_per_category",
             "visual_tokens", "visual_tokens_answer", "answer_parse_rate", "answer_parse_rate_ci",
             "query_parse_rate", "query_parse_rate_ci", "query_parse_n", "questions",
@@ -232,6 +219,8 @@ def summarise(
         with_queries = group[group["query_source"] == "generated"]
         parsed_queries = int(with_queries["query_parse_ok"].astype(bool).sum())
         parsed_answers = int(group["prediction"].notna().sum())
+        durations = group["duration_s"].tolist() if "duration_s" in group else None
+        scores = official.breakdown(benchmark, correct, group["category"].astype(str).tolist(), durations)
         per_cat: dict[str, float] = {}
         per_cat_ci: dict[str, list[float] | None] = {}
         per_cat_n: dict[str, int] = {}
@@ -243,8 +232,8 @@ def summarise(
         values = {
             "accuracy": float(np.mean(correct)),
             "accuracy_ci": _interval(sum(correct), n),
-            "official": float(np.mean(correct)) if metric_style == "accuracy"
-            else mean_task_accuracy(correct, group["category"].astype(str).tolist()),
+            "official": official.headline(benchmark, scores),
+            "official_breakdown": scores,
             "evidence_hit_rate": float(hits.mean()) if len(hits) else None,
             "evidence_hit_rate_ci": _interval(int(hits.sum()), len(hits)),
             "evidence_hit_n": int(len(hits)),
@@ -262,7 +251,7 @@ def summarise(
         }
         for key, value in values.items():
             out[key].setdefault(str(label), {})[b] = value
-    out["metric_style"] = metric_style
+    out["benchmark"] = benchmark
     out["confidence"] = CONFIDENCE
     return out
 
@@ -301,7 +290,7 @@ def evaluate(
     budgets: Sequence[int],
     *,
     oracle: bool = True,
-    metric_style: str = "accuracy",
+    benchmark: str | None = None,
     n_examples: int = 0,
     evidence_tolerance_s: float = 0.0,
     queries: Mapping[str, str | None] | None = None,
@@ -318,8 +307,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    if metric_style not in METRIC_STYLES:
-        raise ValueError(f"metric_style must be one of {METRIC_STYLES}, got {metric_style!r}")
+    official.check_benchmark(benchmark)
     budgets = sorted({int(b) for b in budgets})
     if not budgets or budgets[0] < 1:
         raise ValueError(f"budgets must be positive integers, got {budgets}")
@@ -486,6 +474,7 @@ def evaluate(
             "qid": item.row.qid,
             "video": item.row.video,
             "category": str(getattr(item.row, "category", "") or ""),
+            "duration_s": _duration(item.row),
             "sampler": p["label"],
             "budget": p["budget"],
             "query_source": p["mode"],
@@ -506,7 +495,7 @@ def evaluate(
     predictions = pd.DataFrame.from_records(records)
 
     examples = _examples(items, plans, n_examples, max(budgets)) if n_examples else []
-    report = summarise(predictions, metric_style)
+    report = summarise(predictions, benchmark)
     total = time.perf_counter() - started
     report.update({
         "samplers": list(samplers),
@@ -777,7 +766,7 @@ def claims_report(
     return results
 
 
-def merge_results(results: Sequence[EvalResult], metric_style: str = "accuracy") -> EvalResult:
+def merge_results(results: Sequence[EvalResult], benchmark: str | None = None) -> EvalResult:
     """One report over runs that used different MLLMs (e.g. the base and the jointly trained one).
 
     The tables are recomputed from the concatenated predictions; run-level figures (latencies,
@@ -786,7 +775,7 @@ def merge_results(results: Sequence[EvalResult], metric_style: str = "accuracy")
     if not results:
         raise ValueError("nothing to merge")
     predictions = pd.concat([r.predictions for r in results], ignore_index=True)
-    report = {**results[0].report, **summarise(predictions, metric_style)}
+    report = {**results[0].report, **summarise(predictions, benchmark)}
     report["samplers"] = [label for r in results for label in r.report["samplers"]]
     report["oracle"] = any(r.report.get("oracle") for r in results)
     report["timings"] = {

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from msjoe import official
 from msjoe.clip.model import FrozenClip
 from msjoe.episode import is_correct
 from msjoe.evaluate import (
@@ -19,7 +20,6 @@ from msjoe.evaluate import (
     claims_report,
     evaluate,
     evidence_hit,
-    mean_task_accuracy,
     oracle_selection,
     parse_claims,
     query_modes,
@@ -170,18 +170,46 @@ def test_evidence_hit_rate_counts_only_questions_with_evidence() -> None:
     assert report["accuracy"]["s"]["4"] == pytest.approx(0.5)
 
 
-def test_mlvu_style_is_the_mean_of_per_task_accuracies() -> None:
+def test_mlvu_official_score_is_the_mean_of_per_task_accuracies() -> None:
     # task x: 3/4 right, task y: 0/1 right -> mean of tasks 0.375, plain accuracy 0.6
     rows = [("a", "x", True, None), ("b", "x", True, None), ("c", "x", True, None), ("d", "x", False, None),
             ("e", "y", False, None)]
-    assert mean_task_accuracy([r[2] for r in rows], [r[1] for r in rows]) == pytest.approx(0.375)
-    mlvu = summarise(_preds(rows), "mlvu_mean_task")
+    mlvu = summarise(_preds(rows), "mlvu")
     assert mlvu["official"]["s"]["4"] == pytest.approx(0.375) and mlvu["accuracy"]["s"]["4"] == pytest.approx(0.6)
+    assert mlvu["official_breakdown"]["s"]["4"] == pytest.approx({"overall": 0.6, "m_avg": 0.375})
     assert mlvu["accuracy_per_category"]["s"]["4"] == {"x": 0.75, "y": 0.0}
-    assert mlvu["evidence_hit_rate"]["s"]["4"] is None
-    assert summarise(_preds(rows))["official"]["s"]["4"] == pytest.approx(0.6)
-    with pytest.raises(ValueError, match="metric_style"):
-        summarise(_preds(rows), "videomme")
+    assert mlvu["evidence_hit_rate"]["s"]["4"] is None and mlvu["benchmark"] == "mlvu"
+    plain = summarise(_preds(rows))
+    assert plain["official"]["s"]["4"] == pytest.approx(0.6) and plain["benchmark"] is None
+    with pytest.raises(ValueError, match="egoschema"):
+        summarise(_preds(rows), "egoschema")
+
+
+def test_official_breakdowns_match_hand_counts() -> None:
+    """Each benchmark's published grouping, on answers counted by hand."""
+    import doctest
+
+    assert doctest.testmod(official).failed == 0
+    # Video-MME: short 2/2, medium 0/1, long 1/3 -> overall 3/6
+    cats = ["short/OCR", "short/Counting", "medium/OCR", "long/OCR", "long/Temporal", "long/Temporal"]
+    right = [True, True, False, True, False, False]
+    assert official.breakdown("videomme", right, cats) == pytest.approx(
+        {"overall": 0.5, "short": 1.0, "medium": 0.0, "long": 1 / 3})
+    # LongVideoBench: groups by video length, 15 / 60 / 600 / 3600 s
+    durations = [10.0, 14.0, 45.0, 300.0, 1200.0, 3500.0]
+    assert official.breakdown("longvideobench", right, ["TOS"] * 6, durations) == pytest.approx(
+        {"overall": 0.5, "15": 1.0, "60": 0.0, "600": 1.0, "3600": 0.0})
+    with pytest.raises(ValueError, match="duration_s"):
+        official.breakdown("longvideobench", right, ["TOS"] * 6)
+    # LVBench: a question with two types counts under both; overall counts it once
+    types = ["key information retrieval", "entity recognition,reasoning", "reasoning", "reasoning"]
+    assert official.breakdown("lvbench", [True, True, False, True], types) == pytest.approx(
+        {"overall": 0.75, "key information retrieval": 1.0, "entity recognition": 1.0, "reasoning": 2 / 3})
+    assert official.headline("lvbench", {"overall": 0.75}) == 0.75
+    # the report carries them per sampler and budget, LongVideoBench from the duration column
+    preds = _preds([(f"q{i}", "TOS", ok, None) for i, ok in enumerate(right)]).assign(duration_s=durations)
+    report = summarise(preds, "longvideobench")
+    assert report["official_breakdown"]["s"]["4"]["3600"] == 0.0 and report["official"]["s"]["4"] == 0.5
 
 
 def test_oracle_selection_takes_evidence_then_pads_uniformly() -> None:
