@@ -54,6 +54,7 @@ from msjoe.video import resolve_video
 
 __all__ = [
     "CLAIM_KINDS",
+    "CLAIM_METRICS",
     "ORACLE",
     "QUERY_MODES",
     "Claim",
@@ -596,10 +597,16 @@ def resolve_budget(spec: int | str, budgets: Sequence[int]) -> int:
     return budget
 
 
+#: What a claim compares, per question: answered correctly, or at least one selected frame
+#: inside the evidence (questions without evidence annotations are left out of the pairing).
+CLAIM_METRICS = {"accuracy": "correct", "evidence_hit": "evidence_hit"}
+
+
 @dataclass(frozen=True)
 class Claim:
     """A declared comparison: ``a`` is better than (``superior``) or not worse by more than
-    ``margin`` than (``noninferior``) every configuration in ``b``, on the same questions."""
+    ``margin`` than (``noninferior``) every configuration in ``b``, on the same questions,
+    in ``metric`` (a key of :data:`CLAIM_METRICS`)."""
 
     name: str
     kind: str
@@ -607,6 +614,7 @@ class Claim:
     b: tuple[tuple[str, int], ...]
     margin: float = 0.05
     alpha: float = 0.05
+    metric: str = "accuracy"
 
 
 def _side(spec: Any, what: str, name: str) -> tuple[list[str], int | str]:
@@ -626,7 +634,8 @@ def parse_claims(
     evaluated: every sampler named must be in ``samplers`` and every budget in ``budgets``.
 
     Each spec: ``name``, ``a: [sampler, budget]``, ``b: [sampler or [samplers], budget]``,
-    ``kind: superior|noninferior``, optional ``margin`` (default 0.05) and ``alpha`` (0.05).
+    ``kind: superior|noninferior``, optional ``margin`` (default 0.05), ``alpha`` (0.05) and
+    ``metric`` (``accuracy``, default, or ``evidence_hit``).
     """
     claims: list[Claim] = []
     known = set(samplers)
@@ -638,7 +647,7 @@ def parse_claims(
             raise ValueError(f"claim #{i}: missing name")
         if any(c.name == name for c in claims):
             raise ValueError(f"claim {name}: declared twice")
-        extra = set(spec) - {"name", "a", "b", "kind", "margin", "alpha"}
+        extra = set(spec) - {"name", "a", "b", "kind", "margin", "alpha", "metric"}
         if extra:
             raise ValueError(f"claim {name}: unknown keys {sorted(extra)}")
         kind = str(spec.get("kind", "superior"))
@@ -664,24 +673,28 @@ def parse_claims(
         alpha = float(spec.get("alpha", 0.05))
         if not (margin >= 0.0 and 0.0 < alpha < 1.0):
             raise ValueError(f"claim {name}: need margin >= 0 and 0 < alpha < 1, got {margin}, {alpha}")
-        claims.append(Claim(name, kind, a, b, margin, alpha))
+        metric = str(spec.get("metric", "accuracy"))
+        if metric not in CLAIM_METRICS:
+            raise ValueError(f"claim {name}: metric must be one of {sorted(CLAIM_METRICS)}, got {metric!r}")
+        claims.append(Claim(name, kind, a, b, margin, alpha, metric))
     return claims
 
 
-def _outcomes(predictions: pd.DataFrame, sampler: str, budget: int, claim: str) -> pd.Series:
+def _outcomes(predictions: pd.DataFrame, sampler: str, budget: int, claim: Claim) -> pd.Series:
     rows = predictions[(predictions["sampler"] == sampler) & (predictions["budget"].astype(int) == budget)]
     if rows.empty:
-        raise ValueError(f"claim {claim}: no predictions for sampler {sampler!r} at budget {budget}")
+        raise ValueError(f"claim {claim.name}: no predictions for sampler {sampler!r} at budget {budget}")
     if rows["qid"].duplicated().any():
-        raise ValueError(f"claim {claim}: {sampler}@{budget} has several predictions for one question")
-    return rows.set_index("qid")["correct"].astype(bool)
+        raise ValueError(f"claim {claim.name}: {sampler}@{budget} has several predictions for one question")
+    outcome = rows.set_index("qid")[CLAIM_METRICS[claim.metric]]
+    return outcome.dropna().astype(bool)
 
 
 def _compare(
     predictions: pd.DataFrame, claim: Claim, b: tuple[str, int], resamples: int, seed: int
 ) -> dict[str, Any]:
-    a_s = _outcomes(predictions, *claim.a, claim.name)
-    b_s = _outcomes(predictions, *b, claim.name)
+    a_s = _outcomes(predictions, *claim.a, claim)
+    b_s = _outcomes(predictions, *b, claim)
     if set(a_s.index) != set(b_s.index):
         missing = sorted(set(a_s.index) ^ set(b_s.index))
         raise ValueError(
@@ -697,11 +710,14 @@ def _compare(
     p = mcnemar.p_greater if claim.kind == "superior" else ni.p
     counts = mcnemar.counts
 
+    rate = "accuracy" if claim.metric == "accuracy" else f"{claim.metric}_rate"
+
     def side(label: str, budget: int, right: int) -> dict[str, Any]:
-        return {"sampler": label, "budget": budget, "accuracy": right / n, "ci": _interval(right, n)}
+        return {"sampler": label, "budget": budget, rate: right / n, "ci": _interval(right, n)}
 
     return {
         "kind": claim.kind,
+        "metric": claim.metric,
         "a": side(*claim.a, counts.both + counts.a_only),
         "b": side(*b, counts.both + counts.b_only),
         "n": n,
@@ -726,7 +742,8 @@ def claims_report(
 ) -> dict[str, Any]:
     """Each claim tested on the questions both sides answered (paired), ``{name: result}``.
 
-    Per comparison of ``a`` with one ``b``: ``n``; both sides' accuracy with a 95% Wilson
+    Per comparison of ``a`` with one ``b`` (in the claim's ``metric``; below for accuracy, the
+    same for ``evidence_hit_rate`` on the questions with evidence): ``n``; both sides' accuracy with a 95% Wilson
     interval; the discordant counts ``a_only`` / ``b_only``; ``difference`` (acc a - acc b)
     with a 95% paired-bootstrap ``difference_ci`` and two-sided ``p_bootstrap``; the exact
     McNemar ``p_mcnemar`` (one-sided, H1: a > b) and ``p_mcnemar_two_sided``; the Wald+2
@@ -750,6 +767,7 @@ def claims_report(
             first = next(iter(comparisons.values()))
             results[claim.name] = {
                 "kind": claim.kind,
+                "metric": claim.metric,
                 "a": first["a"],
                 "n": min(c["n"] for c in comparisons.values()),
                 "margin": claim.margin,

@@ -331,6 +331,22 @@ def test_claims_are_paired_tests_with_known_p_values() -> None:
     assert claims_report(_claim_predictions(), claims, resamples=999, seed=0) == report
 
 
+def test_evidence_hit_claims_pair_the_questions_with_evidence() -> None:
+    # 12 questions, the last 2 without evidence annotations (evidence_hit None for every sampler)
+    gen = [True] * 8 + [False] * 2 + [None] * 2
+    question = [True] * 3 + [False] * 7 + [None] * 2
+    rows = [{"qid": f"q{i:02d}", "sampler": label, "budget": 8, "correct": False, "evidence_hit": hit}
+            for label, hits in (("gen", gen), ("question", question)) for i, hit in enumerate(hits)]
+    spec = [{"name": "g", "kind": "superior", "metric": "evidence_hit", "a": ["gen", 8], "b": ["question", 8]}]
+    result = claims_report(pd.DataFrame(rows), parse_claims(spec, [8], ["gen", "question"]), resamples=99)["g"]
+    assert result["metric"] == "evidence_hit" and result["n"] == 10
+    assert (result["a_only"], result["b_only"]) == (5, 0) and result["p_mcnemar"] == 1 / 32
+    assert result["a"]["evidence_hit_rate"] == 0.8 and result["b"]["evidence_hit_rate"] == 0.3
+    assert result["holds"] is True
+    with pytest.raises(ValueError, match="metric must be one of"):
+        parse_claims([{**spec[0], "metric": "latency"}], [8], ["gen", "question"])
+
+
 def test_claims_about_what_was_not_evaluated_fail_loudly() -> None:
     samplers = ["new", "old", "base", "unif"]
     with pytest.raises(ValueError, match="claim x: sampler 'bolt_gen' is not evaluated"):
