@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--predictions", type=Path, required=True, help="per-question predictions (.parquet or .csv)")
     parser.add_argument("--plots", type=Path, required=True, help="accuracy vs budget rows (DVC plot)")
     parser.add_argument("--figures", type=Path, required=True, help="directory of per-example figures")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
     args = parser.parse_args()
     log = setup("evaluate")
     p = params("evaluate", args.params)

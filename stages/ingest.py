@@ -17,9 +17,10 @@ def main() -> None:
     parser.add_argument("--video-root", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
     args = parser.parse_args()
     log = setup("ingest")
-    p = params("ingest")
+    p = params("ingest", args.params)
     try:
         report = ingest(
             args.qa,

@@ -12,6 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+#: The benchmark pipeline runs the same stage scripts from the repository root (wdir: ..).
+BENCHMARK = yaml.safe_load((ROOT / "benchmark_eval" / "dvc.yaml").read_text())["stages"]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
@@ -83,10 +85,18 @@ def _uncovered(files: set[str], deps: list[str]) -> list[str]:
 
 def test_deps_cover_every_module_a_stage_imports() -> None:
     """An edit to any code a stage runs must make DVC rerun it (no stale results)."""
-    for name, stage in DVC.items():
+    for name, stage in [*DVC.items(), *((f"benchmark_eval:{n}", s) for n, s in BENCHMARK.items())]:
         files = _code_closure(_script(stage["cmd"]))
         assert "src/msjoe/__init__.py" in files, f"{name}: the import walk found no msjoe module"
         assert not _uncovered(files, stage["deps"]), f"{name}: deps miss {_uncovered(files, stage['deps'])}"
+
+
+def test_benchmark_stages_run_the_demo_scripts_from_the_root_with_their_own_params() -> None:
+    for name, stage in BENCHMARK.items():
+        assert stage["wdir"] == "..", f"benchmark_eval:{name} must run in the repository root"
+        assert f"stages/{name}.py" in stage["deps"] and "--params benchmark_eval/params.yaml" in stage["cmd"]
+        (declared,) = [entry["benchmark_eval/params.yaml"] for entry in stage["params"]]
+        assert {p.split(".")[0] for p in declared} <= yaml.safe_load((ROOT / "benchmark_eval" / "params.yaml").read_text()).keys()
 
 
 def test_dependency_check_notices_a_missing_module() -> None:

