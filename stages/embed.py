@@ -1,4 +1,9 @@
-"""DVC stage `embed`: cached CLIP features of every ingested video's candidate frames (params: embed)."""
+"""DVC stage `embed`: cached CLIP features of every ingested video's candidate frames (params: embed).
+
+Spread over processes with ``torchrun --nproc_per_node N stages/embed.py <the arguments in
+dvc.yaml>`` (README "Sharded embed and evaluate"): each rank embeds its share of the videos,
+rank 0 writes the index and the report.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from _common import deterministic, params, setup, write_report, write_timings
 
 from msjoe.clip.model import load_clip
 from msjoe.embed import EmbedConfig, embed_videos
+from msjoe.shards import close, init_from_env, local_device
 
 
 def main() -> None:
@@ -25,10 +31,14 @@ def main() -> None:
     p = params("embed", args.params)
     deterministic(p.pop("threads", None))
     device = p.pop("device", "cpu")
-    clip = load_clip(args.clip, device=device)
+    rank, world = init_from_env(device)
+    clip = load_clip(args.clip, device=local_device(device))
     report = embed_videos(pd.read_parquet(args.videos), args.video_root, clip, args.out, EmbedConfig(**p))
+    close()
+    if rank != 0:
+        return
     write_report(args.report, report.to_dict())
-    write_timings("embed", report.timings())
+    write_timings("embed", {**report.timings(), "processes": world})
     log.info("embedded %d videos (%d cached, %d failed), %.0f frames/s", report.embedded, report.cached,
              report.failed, report.frames_per_s)
 

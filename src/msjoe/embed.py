@@ -4,6 +4,11 @@ Decoding runs in a DataLoader worker process while the main process encodes, so 
 bounded by the slower of the two rather than their sum. Features stream to the cache one video
 at a time (memory stays flat as the number of videos grows), videos already in the cache are
 skipped (a killed run resumes), and a video that fails to decode is recorded and skipped.
+
+Under ``torchrun`` (:mod:`msjoe.shards`) each rank embeds its share of the distinct videos
+(dealt round-robin by content key) into the same cache; rank 0 then writes the index and holds
+the complete report. Features do not depend on which rank made them (bit for bit at the same
+``threads``), and a rank that dies loses only the videos it had not finished.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from msjoe.clip.model import FrozenClip
 from msjoe.features import FeatureStore, VideoFeatures, feature_key
+from msjoe.shards import all_gather, barrier, owned, rank_and_world
 from msjoe.validation import feature_summary, validate_features
 from msjoe.video import VideoError, candidate_indices, decode_frames, open_reader, resolve_video
 
@@ -116,13 +122,19 @@ def embed_videos(
     cfg: EmbedConfig,
     progress: bool = True,
 ) -> EmbedReport:
-    """Embed the candidate frames of `videos` (ingest's table) into `cache_dir`; write its index."""
+    """Embed the candidate frames of `videos` (ingest's table) into `cache_dir`; write its index.
+
+    In a ``torchrun`` launch every rank calls this with the same arguments (see the module
+    docstring); the returned report is complete on rank 0.
+    """
     from tqdm import tqdm
 
+    rank, world = rank_and_world()
     store = FeatureStore(cache_dir)
-    removed = store.clean_partial()
+    removed = store.clean_partial() if rank == 0 else 0
     if removed:
         log.info("removed %d partial feature files from an interrupted run", removed)
+    barrier()  # no rank writes before the leftovers are gone
     report = EmbedReport(videos=len(videos), clip_identity=clip.identity)
     keys = {
         row.video: feature_key(row.sha256, clip.identity, cfg.fps, cfg.max_candidates)
@@ -132,6 +144,10 @@ def embed_videos(
     distinct = videos[~videos["video"].map(keys).duplicated()]
     todo = distinct[[not store.has(keys[v]) for v in distinct["video"]]]
     report.cached = len(videos) - len(todo)
+    if world > 1:
+        share = dict(zip(distinct["video"], owned([keys[v] for v in distinct["video"]], rank, world), strict=True))
+        todo = todo[todo["video"].map(share).astype(bool)]
+    barrier()  # every rank has seen the cache as it was at the start (the counts do not race)
     chunks = plan_chunks(todo, video_root, cfg)
     started = time.perf_counter()
     loader = DataLoader(
@@ -146,7 +162,8 @@ def embed_videos(
     )
     buffers: list[np.ndarray] = []
     failed_video: str | None = None
-    bar = tqdm(total=sum(len(c.indices) for c in chunks), desc="embed frames", unit="frame", disable=not progress)
+    bar = tqdm(total=sum(len(c.indices) for c in chunks), desc=f"embed frames (rank {rank}/{world})" if world > 1
+               else "embed frames", unit="frame", disable=not progress)
     for item in loader:
         chunk = chunks[item["item"]]
         report.decode_seconds += item["seconds"]
@@ -169,10 +186,26 @@ def embed_videos(
             buffers, failed_video = [], None
     bar.close()
     report.seconds = time.perf_counter() - started
+    if world > 1:
+        _merge_ranks(report, list(videos["video"]))
     report.frames_per_s = report.frames_embedded / report.seconds if report.seconds > 0 else 0.0
-    _write_index(videos, keys, store, cache_dir, report)
+    if rank == 0:
+        _write_index(videos, keys, store, cache_dir, report)
+    barrier()  # no rank returns before the index exists
     report.failed = len(report.failures)
     return report
+
+
+def _merge_ranks(report: EmbedReport, order: list[str]) -> None:
+    """Sum every rank's counts into ``report`` (failures in video-table order, as one process
+    would list them; wall time is the slowest rank's, so throughput is the launch's)."""
+    parts = all_gather({k: getattr(report, k) for k in
+                        ("embedded", "frames_embedded", "decode_seconds", "encode_seconds", "seconds", "failures")})
+    for key in ("embedded", "frames_embedded", "decode_seconds", "encode_seconds"):
+        setattr(report, key, sum(part[key] for part in parts))
+    report.seconds = max(part["seconds"] for part in parts)
+    position = {video: i for i, video in enumerate(order)}
+    report.failures = sorted((f for part in parts for f in part["failures"]), key=lambda f: position[f["video"]])
 
 
 def _write_index(
