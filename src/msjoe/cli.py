@@ -68,6 +68,32 @@ def convert(
     _print_json(result.as_dict())
 
 
+@app.command("compare-lmms-eval")
+def compare_lmms_eval(
+    predictions: Annotated[Path, typer.Option(exists=True, help="evaluate's predictions.parquet.")],
+    samples: Annotated[Path, typer.Option(exists=True, help="lmms-eval's --log_samples JSONL of the same benchmark.")],
+    fmt: Annotated[str, typer.Option("--format", help="videomme, mlvu, longvideobench or lvbench.")],
+    sampler: Annotated[str, typer.Option(help="Which of our configurations to compare.")] = "msjoe_joint",
+    budget: Annotated[int, typer.Option(help="Its frame budget.")] = 32,
+    out: Annotated[Optional[Path], typer.Option(help="Write the per-question table here (.csv).")] = None,
+) -> None:
+    """Our answers next to lmms-eval's, question by question (joined on the benchmark's ids)."""
+    import pandas as pd
+
+    from msjoe.lmms_eval import compare, read_logged_samples
+
+    table = compare(pd.read_parquet(predictions), read_logged_samples(samples, fmt), sampler, budget)
+    if out is not None:
+        table.to_csv(out, index=False)
+    both = table[table["in"] == "both"]
+    _print_json({
+        "questions": {"both": len(both), "ours_only": int((table["in"] == "ours").sum()),
+                      "lmms_eval_only": int((table["in"] == "lmms-eval").sum())},
+        "same_answer_key": float(both["same_target"].mean()) if len(both) else None,
+        "same_prediction": float(both["agree"].mean()) if len(both) else None,
+    })
+
+
 @app.command("pretrain-demo-base")
 def pretrain_demo_base(
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write (the repository ships weights/demo-mllm).")] = Path(

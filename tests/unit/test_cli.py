@@ -31,6 +31,23 @@ def test_convert_rejects_an_unknown_format(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "unknown format" in result.output
 
 
+def test_compare_lmms_eval_counts_agreement_and_writes_the_table(tmp_path: Path) -> None:
+    import pandas as pd
+
+    predictions = tmp_path / "predictions.parquet"
+    pd.DataFrame([{"qid": f"videomme-001-{i}", "sampler": "msjoe_joint", "budget": 32, "answer": "A",
+                   "prediction": p} for i, p in enumerate("AAB", start=1)]).to_parquet(predictions)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"doc": {"question_id": f"001-{i}"}, "target": "A",
+                                           "filtered_resps": [r]}) + "\n" for i, r in enumerate(["A", "C", "B"], 1)))
+    result = runner.invoke(app, ["compare-lmms-eval", "--predictions", str(predictions), "--samples", str(samples),
+                                 "--format", "videomme", "--out", str(tmp_path / "t.csv")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["questions"]["both"] == 3 and summary["same_answer_key"] == 1.0
+    assert abs(summary["same_prediction"] - 2 / 3) < 1e-9 and len(pd.read_csv(tmp_path / "t.csv")) == 3
+
+
 def test_ingest_then_rebuild_the_db(tmp_path: Path) -> None:
     write_video(tmp_path / "videos" / "a.mp4", n_frames=16, fps=4)
     qa = tmp_path / "qa.jsonl"
