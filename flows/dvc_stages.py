@@ -3,7 +3,7 @@
 DVC owns the DAG and decides what is stale; the flows only need the stage list in dependency
 order (read from ``dvc.yaml`` so new stages appear in the flow without code changes) and a way
 to run ``dvc repro <stage>`` that streams its output and tells apart a stage that ran, one that
-DVC found up to date, a workspace locked by another DVC process (transient: retry later) and a
+DVC found up to date (from ``dvc.lock`` before and after, never from DVC's log wording), a workspace locked by another DVC process (transient: retry later) and a
 broken pipeline definition (permanent: retrying cannot help).
 
 Nothing here imports Prefect, so it is usable (and tested) without a Prefect server.
@@ -12,7 +12,6 @@ Nothing here imports Prefect, so it is usable (and tested) without a Prefect ser
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,8 +26,6 @@ from typing import Any
 #: Lines of DVC output kept for error messages.
 TAIL_LINES = 40
 
-_RUNNING = re.compile(r"Running stage '([^']+)'")
-_RESTORED = re.compile(r"Stage '([^']+)' is cached - skipping run")
 #: DVC messages that mean another ``dvc`` process holds the repository (or an output) lock.
 _LOCKED = (
     "Unable to acquire lock",
@@ -87,11 +84,13 @@ class StageSpec:
 
 @dataclass
 class ReproOutcome:
-    """What one ``dvc repro <stage>`` did.
+    """What one ``dvc repro <stage>`` did, read from ``dvc.lock`` before and after the run.
 
-    ``status`` is ``completed`` when DVC ran the stage's command, ``cached`` when it found the
-    stage up to date (or restored it from the run cache); ``ran`` lists every stage whose
-    command DVC executed (upstream stages included).
+    ``ran`` lists every stage whose ``dvc.lock`` entry the run changed, upstream stages
+    included: DVC rewrites an entry exactly when it ran the stage or restored it from the run
+    cache. ``status`` is ``completed`` when the target is among them, ``cached`` when DVC found
+    it up to date (a stage re-run only because its outputs had been deleted, with the same
+    inputs, leaves its entry as it was and reads as ``cached``).
     """
 
     stage: str
@@ -99,7 +98,6 @@ class ReproOutcome:
     returncode: int
     seconds: float
     ran: list[str] = field(default_factory=list)
-    restored: list[str] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
 
 
@@ -228,21 +226,26 @@ def downstream_of(stages: Sequence[StageSpec], names: Iterable[str]) -> set[str]
     return closed
 
 
-def classify_output(stage: str, lines: Iterable[str]) -> tuple[str, list[str], list[str]]:
-    """``(status, ran, restored)`` of a successful ``dvc repro <stage>`` from its output.
+def lock_entries(root: Path) -> dict[str, Any]:
+    """Every stage's ``dvc.lock`` entry (``{}`` before any stage succeeded): what DVC knows
+    about the last successful run of each stage. The flows' one reader of ``dvc.lock``."""
+    import yaml
 
-    DVC prints ``Running stage 'x':`` before executing a command and ``Stage 'x' didn't change,
-    skipping`` / ``Stage 'x' is cached - skipping run`` otherwise; the target stage is
-    ``completed`` only if its own command ran.
+    path = Path(root) / "dvc.lock"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    stages = data.get("stages") if isinstance(data, Mapping) else None
+    return dict(stages) if isinstance(stages, Mapping) else {}
+
+
+def changed_stages(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Stages whose ``dvc.lock`` entry differs between two reads, in ``after``'s order.
+
+    >>> changed_stages({"a": {"md5": 1}, "b": {"md5": 2}}, {"a": {"md5": 1}, "b": {"md5": 3}, "c": {}})
+    ['b', 'c']
     """
-    ran: list[str] = []
-    restored: list[str] = []
-    for line in lines:
-        if m := _RUNNING.search(line):
-            ran.append(m.group(1))
-        elif m := _RESTORED.search(line):
-            restored.append(m.group(1))
-    return ("completed" if stage in ran else "cached"), ran, restored
+    return [name for name, entry in after.items() if before.get(name) != entry]
 
 
 def classify_error(stage: str, returncode: int, lines: Sequence[str]) -> DvcError:
@@ -306,8 +309,8 @@ def run_repro(
     children too. Raises a :class:`DvcError` subclass on failure.
     """
     started = time.perf_counter()
+    before = lock_entries(root)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    seen: list[str] = []
     proc = subprocess.Popen(
         repro_command(stage),
         cwd=Path(root),
@@ -337,8 +340,6 @@ def run_repro(
             if not line:
                 continue
             tail.append(line)
-            if _RUNNING.search(line) or _RESTORED.search(line):
-                seen.append(line)
             if on_line is not None:
                 on_line(line)
         returncode = proc.wait()
@@ -351,5 +352,5 @@ def run_repro(
         raise DvcTimeoutError(stage, returncode, list(tail), f"timed out after {timeout_s:g} s")
     if returncode != 0:
         raise classify_error(stage, returncode, list(tail))
-    status, ran, restored = classify_output(stage, seen)
-    return ReproOutcome(stage, status, returncode, seconds, ran, restored, list(tail))
+    ran = changed_stages(before, lock_entries(root))
+    return ReproOutcome(stage, "completed" if stage in ran else "cached", returncode, seconds, ran, list(tail))

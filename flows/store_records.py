@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flows.dvc_stages import StageSpec
+from flows.dvc_stages import StageSpec, lock_entries
 from flows.metrics_report import evaluation_cells, grid_metrics, read_json_metrics
 from flows.promotion import GateConfig, GateDecision
 
@@ -40,9 +40,7 @@ def read_params(root: Path) -> dict[str, Any]:
 
 def lock_entry(root: Path, stage: str) -> Mapping[str, Any] | None:
     """The ``dvc.lock`` entry of ``stage`` (None before the stage first succeeded)."""
-    lock = _load_yaml(Path(root) / "dvc.lock")
-    stages = lock.get("stages") if isinstance(lock, Mapping) else None
-    entry = stages.get(stage) if isinstance(stages, Mapping) else None
+    entry = lock_entries(root).get(stage)
     return entry if isinstance(entry, Mapping) else None
 
 
