@@ -1,9 +1,10 @@
 """Splitting a batch job over the processes of a ``torchrun`` launch (one node or several).
 
 ``embed`` and ``evaluate`` are embarrassingly parallel over videos and questions: each rank takes
-a fixed share, does it alone, and the ranks meet only at the end (rank 0 merges). The share of an
-item depends on its key and the world size only, never on timing, so a rerun gives every rank the
-same work and a job killed part-way resumes from what each rank had finished.
+a fixed share, does it alone, and the ranks meet only at the end (rank 0 merges). Who owns an
+item depends on the job's whole key set and the world size only (:func:`owned`), never on timing
+or on what is already done, so a rerun gives every rank the same work and a job killed part-way
+resumes from what each rank had finished.
 
 Outside a launch (no process group) every helper is the single-process identity: rank 0 of 1,
 gathering returns ``[value]``, barriers return at once. A launcher's process group is started

@@ -59,7 +59,8 @@ def outcomes(input_path: Path) -> Iterator[Outcome]:
     flat question row of lmms-eval's copy (JSON / JSONL / parquet)."""
     for item, record in read_records(input_path):
         if isinstance(record, dict) and "qa" not in record and "question" in record:
-            yield guarded(_flat_item(item, record), _convert_flat, _flat_item(item, record), record)
+            name = _flat_item(item, record)
+            yield guarded(name, _convert_flat, name, record)
             continue
         try:
             video, duration_s, qas = _video_fields(record)
