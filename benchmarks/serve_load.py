@@ -1,5 +1,6 @@
-"""Latency and load of the BentoML service: first question on a video vs a repeated video, then
-N concurrent uploads (count, errors, p50/p95).
+"""Latency and throughput of the BentoML service: first question on a video vs a repeated video,
+throughput at several concurrencies (ratios against concurrency 1, measured in the same run),
+and a burst beyond the queue bound.
 
 The server is either one already running on this machine (``--url``, 127.0.0.1/localhost only)
 or a ``bentoml serve bento.service:MSJoE`` started here on a free 127.0.0.1 port and stopped
@@ -13,13 +14,18 @@ Phases:
 
 1. **first vs repeat**: for each of ``--videos`` distinct videos, one question (cold: probe,
    decode, CLIP features) then another question on the same bytes (warm: content-hash hit).
-2. **load**: ``--requests`` uploads (repeated videos, so features are cached, plus
-   ``--fresh`` never-seen videos) with ``--concurrency`` in flight, bounded by
-   ``--max-seconds``; reports completed count, errors by status, p50/p95/max latency, rate.
+2. **load**: for each concurrency in ``--concurrency`` (default ``1,8,32``), ``--requests``
+   uploads (repeated videos, so features are cached, plus ``--fresh`` never-seen videos) with
+   that many in flight, bounded by ``--max-seconds``; reports completed count, errors by
+   status, p50/p95/max latency, throughput and its ratio to the first concurrency.
+3. **burst** (``--burst N``, default twice the server's queue bound): N uploads at once. Every
+   reply must be 200 or a refusal with a retry hint (503 + ``Retry-After`` from the queue bound,
+   429 from BentoML's concurrency cap); anything else, or a timeout, is an error.
 
-Run from the repository root::
+Run from the repository root, on the demo release the pipeline trained::
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 40] [--concurrency 8] [--json out.json]
+    .venv/bin/python benchmarks/serve_load.py --clip-dir models/clip --mllm-dir models/joint \
+        --sampler-ckpt models/joint/sampler.pt [--concurrency 1,8,32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-MAX_REQUESTS, MAX_CONCURRENCY, MAX_SECONDS = 1000, 64, 900
+MAX_REQUESTS, MAX_CONCURRENCY, MAX_SECONDS, MAX_BURST = 1000, 64, 900, 512
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,15 +60,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--sampler-ckpt", type=Path)
     p.add_argument("--videos", type=int, default=4, help="distinct videos for first-vs-repeat")
     p.add_argument("--fresh", type=int, default=4, help="never-seen videos mixed into the load phase")
-    p.add_argument("--requests", type=int, default=40)
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--requests", type=int, default=96, help="uploads per concurrency level")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrency levels")
+    p.add_argument("--burst", type=int, help="simultaneous uploads of the burst (default: 2 x the queue bound)")
     p.add_argument("--budget", type=int, default=8)
     p.add_argument("--max-seconds", type=float, default=300.0, help="wall-clock bound of the load phase")
     p.add_argument("--threads", type=int, default=2, help="OMP/torch threads of a started server")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
-    if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
-        p.error(f"--requests must be 1..{MAX_REQUESTS}, --concurrency 1..{MAX_CONCURRENCY}")
+    try:
+        args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    except ValueError:
+        p.error("--concurrency must be comma-separated integers, e.g. 1,8,32")
+    if not 1 <= args.requests <= MAX_REQUESTS or not args.concurrency or not all(
+            1 <= c <= MAX_CONCURRENCY for c in args.concurrency):
+        p.error(f"--requests must be 1..{MAX_REQUESTS}, each --concurrency 1..{MAX_CONCURRENCY}")
+    if args.burst is not None and not 1 <= args.burst <= MAX_BURST:
+        p.error(f"--burst must be 1..{MAX_BURST}")
     if not 0 < args.max_seconds <= MAX_SECONDS or args.videos < 1 or args.fresh < 0:
         p.error(f"--max-seconds must be in (0, {MAX_SECONDS}], --videos >= 1, --fresh >= 0")
     if args.url and urlparse(args.url).hostname not in LOCAL_HOSTS:
@@ -199,7 +213,8 @@ def demo_questions(root: Path, n_videos: int) -> list[dict[str, Any]]:
 
 
 def ask(client: Any, item: dict[str, Any], budget: int) -> tuple[float, int, dict[str, Any] | None]:
-    """One upload: (client latency s, HTTP status or 0 for a transport error, JSON reply)."""
+    """One upload: (client latency s, HTTP status or 0 for a transport error, JSON reply; a
+    refusal's reply also carries its ``Retry-After`` header as ``_retry_after``)."""
     import httpx
 
     form = {"question": item["question"], "options": json.dumps(item["options"]), "budget": str(budget)}
@@ -213,7 +228,10 @@ def ask(client: Any, item: dict[str, Any], budget: int) -> tuple[float, int, dic
         body = response.json()
     except ValueError:
         body = None
-    return elapsed, response.status_code, body if isinstance(body, dict) else None
+    body = body if isinstance(body, dict) else None
+    if body is not None and response.status_code != 200:
+        body["_retry_after"] = response.headers.get("retry-after")
+    return elapsed, response.status_code, body
 
 
 def pct(values: list[float], q: float) -> float:
@@ -282,6 +300,30 @@ def load(client: Any, warm: list[dict[str, Any]], fresh: list[dict[str, Any]], n
     }
 
 
+def burst(client: Any, items: list[dict[str, Any]], n: int, budget: int) -> dict[str, Any]:
+    """``n`` uploads released at once (a barrier): 200s, refusals with a retry hint, errors."""
+    import threading
+
+    gate = threading.Barrier(n)
+
+    def one(i: int) -> tuple[float, int, dict[str, Any] | None]:
+        gate.wait()
+        return ask(client, items[i % len(items)], budget)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n)))
+    statuses: dict[str, int] = {}
+    for _, status, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    refused = [r for r in results if r[1] in (429, 503)]
+    with_hint = sum(1 for r in refused if r[1] == 429 or (r[2] or {}).get("_retry_after"))
+    errors = sum(1 for r in results if r[1] not in (200, 429, 503))
+    return {"sent": n, "statuses": statuses, "refused": len(refused), "refused_with_retry_after": with_hint,
+            "errors": errors, "wall_s": time.perf_counter() - started,
+            "refusal_latency_max_s": max((r[0] for r in refused), default=float("nan"))}
+
+
 def main() -> None:
     import httpx
 
@@ -300,17 +342,26 @@ def main() -> None:
         try:
             ready = wait_ready(url, proc, log)
             print(f"server {url} ready after {ready:.1f} s", flush=True)
+            connections = max(max(args.concurrency), args.burst or 2 * MAX_BURST) + 2
             with httpx.Client(base_url=url, timeout=httpx.Timeout(600.0, connect=10.0),
-                              limits=httpx.Limits(max_connections=args.concurrency + 2)) as client:
+                              limits=httpx.Limits(max_connections=connections)) as client:
                 health = client.get("/health").json()
                 repeat = first_vs_repeat(client, warm, args.budget)
-                loaded = load(client, warm, fresh, args.requests, args.concurrency, args.budget, args.max_seconds)
+                levels = []
+                for concurrency in args.concurrency:
+                    levels.append(load(client, warm, fresh, args.requests, concurrency, args.budget,
+                                       args.max_seconds))
+                    print(f"concurrency {concurrency}: {levels[-1]['throughput_rps']:.2f} req/s", flush=True)
+                queue_bound = int(health.get("batching", {}).get("max_queue", 64))
+                n_burst = args.burst or 2 * queue_bound
+                burst_result = burst(client, warm, n_burst, args.budget)
                 after = client.get("/health").json()
         finally:
             if proc is not None:
                 stop_server(proc)
     result = {"url": url, "model": health.get("model"), "device": health.get("device"),
-              "server_ready_s": ready, "budget": args.budget, "first_vs_repeat": repeat, "load": loaded,
+              "server_ready_s": ready, "budget": args.budget, "first_vs_repeat": repeat, "load": levels,
+              "burst": {**burst_result, "queue_bound": queue_bound}, "batching": health.get("batching"),
               "server_counters": after.get("requests"), "args": {k: str(v) for k, v in vars(args).items()}}
     report(result)
     if args.json:
@@ -325,11 +376,18 @@ def report(result: dict[str, Any]) -> None:
         row = fr[kind]
         print(f"{kind:8s} {row['n']:3d} {row['latency_p50_s']:11.3f}s {row['check_p50_s']:9.3f}s "
               f"{row['features_p50_s']:12.3f}s  {row['cached']}")
-    ld = result["load"]
-    print(f"\nload: {ld['completed']}/{ld['planned']} completed, {ld['ok']} ok, errors {ld['errors'] or 'none'}, "
-          f"concurrency {ld['concurrency']}, {ld['fresh_videos']} fresh videos, {ld['cached_replies']} cached replies")
-    print(f"      p50 {ld['latency_p50_s']:.3f} s, p95 {ld['latency_p95_s']:.3f} s, max {ld['latency_max_s']:.3f} s, "
-          f"{ld['throughput_rps']:.2f} req/s over {ld['wall_s']:.1f} s")
+    levels = result["load"]
+    base = levels[0]["throughput_rps"]
+    print(f"\nload ({levels[0]['planned']} uploads per level; batching {result['batching']}):")
+    print(f"{'concurrency':>11s} {'ok':>5s} {'errors':>12s} {'p50':>8s} {'p95':>8s} {'req/s':>7s} "
+          f"{'ratio':>6s}")
+    for ld in levels:
+        print(f"{ld['concurrency']:11d} {ld['ok']:5d} {str(ld['errors'] or 'none'):>12s} {ld['latency_p50_s']:7.3f}s "
+              f"{ld['latency_p95_s']:7.3f}s {ld['throughput_rps']:7.2f} {ld['throughput_rps'] / base:5.2f}x")
+    bu = result["burst"]
+    print(f"\nburst of {bu['sent']} at once (queue bound {bu['queue_bound']}): statuses {bu['statuses']}, "
+          f"{bu['refused']} refused ({bu['refused_with_retry_after']} with a retry hint), {bu['errors']} errors, "
+          f"slowest refusal {bu['refusal_latency_max_s']:.3f} s")
     print(f"server counters: {result['server_counters']}")
 
 

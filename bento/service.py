@@ -6,26 +6,23 @@ Serve (repository root)::
 
 The model is the release stored as ``msjoe:latest`` in the BentoML model store
 (``msjoe.serving.import_release``; another tag via ``MSJOE_MODEL_TAG``). Everything a client
-can trip over (limits, error codes, feature reuse, decoder isolation) lives in
+can trip over (limits, error codes, batching, feature reuse, decoder isolation) lives in
 :mod:`msjoe.serving`; this file only wires it into BentoML.
 
 Endpoints:
 
+* ``GET /``: a page to try the service (upload, question, options; answer, queries, chosen
+  frames on a timeline, similarity curves). It calls ``/answer`` like any client.
 * ``POST /answer`` (multipart/form-data): ``video`` (file), ``question`` (text), ``options``
-  (JSON array of 2-10 strings), optional ``budget`` (frames). Replies with the option, the
-  generated queries, the selected frames (index, timestamp, weight), stage timings and
-  ``features_cached``; client errors are 4xx ``{"error", "code", "status"}``.
-* ``GET /health``: model tag, device, sampler, limits, cache size, request counters.
-* ``GET /livez``, ``GET /readyz`` (BentoML built-ins; ready once the models are loaded).
+  (JSON array of 2-10 strings), optional ``budget`` (frames) and ``details`` (adds similarity
+  curves and frame thumbnails). Client errors are 4xx ``{"error", "code", "status"}``; a full
+  queue is 503 with ``Retry-After``.
+* ``GET /health``: model tag, device, sampler, limits, batching, cache size, request counters.
+* ``GET /metrics``: Prometheus (BentoML's own plus ``msjoe_*``); ``GET /livez``, ``GET /readyz``.
 
-Environment: ``MSJOE_MODEL_TAG``, ``MSJOE_DEVICE`` (``auto``: CUDA when visible),
-``MSJOE_MLLM_DTYPE`` (e.g. ``bfloat16`` on GPUs), ``MSJOE_CACHE_DIR`` (feature cache; default
-``$BENTOML_HOME/msjoe-cache``), ``MSJOE_LIMIT_<FIELD>`` (override a
-:class:`~msjoe.serving.ServingLimits` field), ``MSJOE_MAX_CONCURRENCY``.
-
-GPU: one GPU is declared for deployment (BentoML assigns it through ``CUDA_VISIBLE_DEVICES``);
-on a machine without one BentoML only warns, and the device falls back to the CPU, which is
-how the demo checkpoint runs.
+Environment (bento/README.md): ``MSJOE_MODEL_TAG``, ``MSJOE_DEVICE``, ``MSJOE_MLLM_DTYPE``,
+``MSJOE_MAX_BATCH``, ``MSJOE_MAX_WAIT_MS``, ``MSJOE_MAX_QUEUE``, ``MSJOE_MAX_CONCURRENCY``,
+``MSJOE_WORKERS``, ``MSJOE_CACHE_DIR``, ``MSJOE_LIMIT_<FIELD>``.
 """
 
 from __future__ import annotations
@@ -39,14 +36,20 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 
 from msjoe.serving import RequestError, ServingEngine, ServingLimits, UploadGuard, limits_from_env
+from msjoe.serving.metrics import ServingMetrics
 
 log = logging.getLogger("msjoe.service")
 
 MODEL_TAG = os.environ.get("MSJOE_MODEL_TAG", "msjoe:latest")
+PAGE = Path(__file__).with_name("page.html")
+MAX_CONCURRENCY = int(os.environ.get("MSJOE_MAX_CONCURRENCY", "96"))
+WORKERS = int(os.environ.get("MSJOE_WORKERS", "1"))
+# created once per process, at import (BentoML's multiprocess-safe metrics)
+METRICS = ServingMetrics(bentoml.metrics)
 
 
 def _cache_dir() -> Path:
@@ -78,18 +81,24 @@ async def _health(_: Request) -> JSONResponse:
     return JSONResponse(engine.health())
 
 
-health_app = Starlette(routes=[Route("/health", _health, methods=["GET"])])
+async def _page(_: Request) -> FileResponse:
+    return FileResponse(PAGE, media_type="text/html")
+
+
+health_app = Starlette(routes=[Route("/", _page, methods=["GET"]), Route("/health", _health, methods=["GET"])])
 
 
 @bentoml.asgi_app(health_app, path="/")
 @bentoml.service(
     name="msjoe",
     resources={"gpu": 1, "memory": "16Gi"},
-    workers=1,
-    traffic={"timeout": 600, "max_concurrency": int(os.environ.get("MSJOE_MAX_CONCURRENCY", "32"))},
+    workers=WORKERS,
+    # a request thread per in-flight request: it checks the upload, then waits for its batch
+    threads=MAX_CONCURRENCY,
+    traffic={"timeout": 600, "max_concurrency": MAX_CONCURRENCY},
 )
 class MSJoE:
-    """One worker, one set of weights; requests queue for the models inside the engine."""
+    """Per worker: one set of weights and one model thread that answers queued requests in batches."""
 
     model = bentoml.models.BentoModel(MODEL_TAG)
 
@@ -101,8 +110,14 @@ class MSJoE:
             device=os.environ.get("MSJOE_DEVICE", "auto"),
             environ=os.environ,
             mllm_dtype=os.environ.get("MSJOE_MLLM_DTYPE") or None,
+            metrics=METRICS,
         )
-        log.info("msjoe %s loaded on %s (cache %s)", self.model.tag, self.engine.device, self.engine.cache_dir)
+        log.info("msjoe %s loaded on %s (cache %s, batching %s)", self.model.tag, self.engine.device,
+                 self.engine.cache_dir, self.engine.batching)
+
+    @bentoml.on_shutdown
+    def _drain(self) -> None:
+        self.engine.close()
 
     @bentoml.api
     def answer(
@@ -111,13 +126,14 @@ class MSJoE:
         question: str,
         options: list[str],
         budget: int | None = None,
+        details: bool = False,
     ) -> dict[str, Any]:
         """Answer a multiple-choice question about the uploaded video with ``budget`` frames."""
         try:
-            return self.engine.answer(video, question, options, budget)
+            return self.engine.answer(video, question, options, budget, details=details)
         except RequestError as exc:
             log.info("rejected request: %s (%s)", exc.code, exc.message)
-            return JSONResponse(exc.to_dict(), status_code=exc.status)  # type: ignore[return-value]
+            return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers())  # type: ignore[return-value]
 
 
 MSJoE.add_asgi_middleware(UploadGuard, max_body_bytes=_request_cap, paths=("/answer",), file_fields=("video",))

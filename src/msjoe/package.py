@@ -111,7 +111,7 @@ def package_release(
     db_url: str | None,
 ) -> dict[str, Any]:
     """Import the winner into the BentoML model store, build the bento, record the release."""
-    from msjoe.serving import import_release
+    from msjoe.serving.release import import_release
 
     by_label = {c.label: c for c in candidates}
     winner_label, score = select_winner(report, list(by_label), metric, budget, direction)

@@ -27,9 +27,11 @@ the pipeline's own is the candidate-feature cache, frame decoding, timings and f
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +50,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Answer",
+    "FrameCache",
     "FrameSource",
     "Pipeline",
     "PipelineConfig",
+    "Question",
+    "QuestionState",
     "SelectedFrame",
     "ask_command",
     "load_sampler",
@@ -124,9 +129,16 @@ class Answer:
     query_text: str = ""
     answer_text: str = ""
     features_cached: bool = False
+    #: ``details`` only: cosine rows (query x candidate) and the candidates' times (s)
+    similarity: list[list[float]] | None = None
+    candidate_timestamps: list[float] | None = None
+    #: ``details`` only: the frames the MLLM saw (RGB arrays; not part of the JSON reply)
+    images: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "images"}
+        out["frames"] = [asdict(frame) for frame in self.frames]
+        return {k: v for k, v in out.items() if v is not None or k not in ("similarity", "candidate_timestamps")}
 
 
 def query_source(sampler: FrameSampler) -> str:
@@ -138,26 +150,83 @@ def query_source(sampler: FrameSampler) -> str:
     return "generated"
 
 
+class FrameCache:
+    """Decoded frames shared across requests, keyed by (video content hash, frame number), least
+    recently used out first above ``max_bytes``.
+
+    Why: opening a video and seeking costs more than the models on small inputs (demo: ~20 ms to
+    open a reader, ~15 ms for four frames), and people ask several questions about one video,
+    whose previews are the same frames for the same budget. Thread-safe; arrays are shared, so
+    callers must not write into them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._frames: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sha256: str, index: int) -> np.ndarray | None:
+        with self._lock:
+            frame = self._frames.get((sha256, index))
+            if frame is None:
+                self.misses += 1
+                return None
+            self._frames.move_to_end((sha256, index))
+            self.hits += 1
+            return frame
+
+    def put(self, sha256: str, index: int, frame: np.ndarray) -> None:
+        if frame.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if (sha256, index) in self._frames:
+                return
+            self._frames[(sha256, index)] = frame
+            self._bytes += frame.nbytes
+            while self._bytes > self.max_bytes:
+                _, old = self._frames.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def usage(self) -> dict[str, int]:
+        with self._lock:
+            return {"frames": len(self._frames), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+
 class FrameSource:
     """Decoded frames of one video, decoded at most once per index.
 
     Evaluation shows the same frames to many samplers and budgets; decoding each once keeps
     the decoder out of the hot loop. Frames are kept at native resolution (the pipeline
-    downscales per turn).
+    downscales per turn). With a :class:`FrameCache` and the video's content hash, frames
+    decoded by earlier requests are reused and the video is opened only when one is missing.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cache: FrameCache | None = None, sha256: str | None = None) -> None:
         self.path = Path(path)
         self._reader: Any = None
         self._frames: dict[int, np.ndarray] = {}
+        self._cache = cache if sha256 is not None else None
+        self._sha = sha256 or ""
 
     def get(self, indices: Sequence[int]) -> list[np.ndarray]:
-        missing = sorted({int(i) for i in indices} - set(self._frames))
+        wanted = sorted({int(i) for i in indices} - set(self._frames))
+        missing = []
+        for i in wanted:
+            frame = self._cache.get(self._sha, i) if self._cache is not None else None
+            if frame is None:
+                missing.append(i)
+            else:
+                self._frames[i] = frame
         if missing:
             if self._reader is None:
                 self._reader = open_reader(self.path)
             for i, frame in zip(missing, decode_frames(self._reader, np.asarray(missing)), strict=True):
                 self._frames[i] = frame
+                if self._cache is not None:
+                    self._cache.put(self._sha, i, frame)
         return [self._frames[int(i)] for i in indices]
 
 
@@ -188,6 +257,8 @@ class Pipeline:
         self.cfg = cfg or PipelineConfig()
         self.query_failures = 0
         self.answer_failures = 0
+        #: decoded frames shared across questions (serving sets one; None decodes per question)
+        self.frame_cache: FrameCache | None = None
 
     # ---------------------------------------------------------------- candidate features
     def feature_key(self, sha256: str) -> str:
@@ -281,7 +352,7 @@ class Pipeline:
         """Visual tokens the MLLM spends on ``frames`` shown with at most ``max_pixels`` pixels."""
         return episode.visual_tokens(self.mllm, frames, max_pixels)
 
-    # ---------------------------------------------------------------- one question
+    # ---------------------------------------------------------------- questions
     def answer(
         self,
         video_path: Path,
@@ -291,64 +362,172 @@ class Pipeline:
         sha256: str | None = None,
     ) -> Answer:
         """Answer one multiple-choice question about one video with ``budget`` frames."""
-        if not 1 <= len(options) <= len(OPTION_LETTERS):
-            raise ValueError(f"expected 1 to {len(OPTION_LETTERS)} options, got {len(options)}")
-        if isinstance(budget, bool) or int(budget) != budget or budget < 1:
-            raise ValueError(f"budget must be a positive integer, got {budget!r}")
-        timings = {stage: 0.0 for stage in STAGES}
-        started = tick = time.perf_counter()
-        features, cached = self.video_features(Path(video_path), sha256)
-        n = len(features.indices)
-        if n == 0:
-            raise ValueError(f"{video_path}: no candidate frames")
-        source = FrameSource(Path(video_path))
-        timings["features"] = time.perf_counter() - tick
+        (result,) = self.answer_many([Question(Path(video_path), question, list(options), budget, sha256)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        mode = query_source(self.sampler)
-        queries: list[str] = []
-        parse_ok = True
-        query_text = ""
-        tokens = 0
-        if mode == "generated":
-            tick = time.perf_counter()
-            positions = self.preview_positions(n, budget)
-            previews = source.get(features.indices[positions])
-            (parsed, query_text), = self.generate_queries([self.query_conversation(question, options, previews)], [question])
-            queries, parse_ok = parsed.queries, parsed.ok
-            tokens += self.visual_tokens(previews, self.cfg.preview_size**2)
-            timings["query"] = time.perf_counter() - tick
-        elif mode == "question":
-            queries = [question.strip()]
-        sim = None
-        if queries:
-            tick = time.perf_counter()
-            sim = self.similarity(queries, features.features)
-            timings["similarity"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        selection = self.select(self.sampler, sim, int(budget), n)
-        timings["sampler"] = time.perf_counter() - tick
+    def answer_many(self, questions: Sequence[Question], details: bool = False) -> list[Answer | Exception]:
+        """Answer several questions as one batch: one query-turn generation and one answer-turn
+        generation for all of them (in chunks of ``cfg.batch_size``).
 
+        The steps are public so that a server can run them from different threads: per question
+        :meth:`prepare` -> (batched) :meth:`query_turns` -> per question :meth:`choose_frames`
+        -> (batched) :meth:`answer_turns` -> :meth:`finish`. A question that fails (bad options
+        or budget, an undecodable video) gets its exception in its slot; the others go on.
+        Similarity, sampling and decoding run per question, so the frames chosen from given
+        queries are bit-identical whatever the batch; batched generations agree with unbatched
+        ones token for token unless a greedy step is a near-tie within float rounding.
+        """
+        results: list[Answer | Exception | None] = [None] * len(questions)
+        states: dict[int, QuestionState] = {}
+        for i, q in enumerate(questions):
+            try:
+                states[i] = self.prepare(q)
+            except Exception as exc:  # noqa: BLE001 - the slot carries it to its caller
+                results[i] = exc
+        self.query_turns(list(states.values()))
+        for i in list(states):
+            try:
+                self.choose_frames(states[i])
+            except Exception as exc:  # noqa: BLE001
+                results[i] = exc
+                del states[i]
+        self.answer_turns(list(states.values()))
+        for i, state in states.items():
+            results[i] = self.finish(state, details)
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def prepare(self, question: Question) -> QuestionState:
+        """Candidate features, and for generated queries the previews and the query-turn prompt."""
+        _check_question(question)
+        state = QuestionState(question, source=FrameSource(question.video, self.frame_cache, question.sha256))
+        started = time.perf_counter()
+        state.features, state.features_cached = self.video_features(question.video, question.sha256)
+        if len(state.features.indices) == 0:
+            raise ValueError(f"{question.video}: no candidate frames")
+        state.timings["features"] = time.perf_counter() - started
+        state.mode = query_source(self.sampler)
+        if state.mode == "generated":
+            tick = time.perf_counter()
+            positions = self.preview_positions(len(state.features.indices), int(question.budget))
+            previews = state.source.get(state.features.indices[positions])
+            state.query_prompt = self.query_conversation(question.question, question.options, previews)
+            state.visual_tokens = self.visual_tokens(previews, self.cfg.preview_size**2)
+            state.timings["decode"] += time.perf_counter() - tick
+        elif state.mode == "question":
+            state.queries = [question.question.strip()]
+        return state
+
+    def query_turns(self, states: Sequence[QuestionState]) -> None:
+        """The query turns of every state that has a query prompt, as one batched generation."""
+        todo = [s for s in states if s.query_prompt is not None]
+        if not todo:
+            return
         tick = time.perf_counter()
-        frames = source.get(features.indices[selection.indices])
-        timings["decode"] = time.perf_counter() - tick
+        turns = self.generate_queries([s.query_prompt for s in todo], [s.question.question for s in todo])
+        elapsed = time.perf_counter() - tick
+        for state, (parsed, text) in zip(todo, turns, strict=True):
+            state.queries, state.query_parse_ok, state.query_text = parsed.queries, parsed.ok, text
+            state.timings["query"] = elapsed
+            state.batch_sizes.append(len(todo))
+
+    def choose_frames(self, state: QuestionState) -> None:
+        """Similarity of the queries, the sampler's frames, their decoding and the answer prompt."""
+        q, features = state.question, state.features
+        if state.queries:
+            tick = time.perf_counter()
+            state.similarity = self.similarity(state.queries, features.features)
+            state.timings["similarity"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        (letter, answer_text), = self.generate_answers([self.answer_conversation(question, options, frames)], [options])
-        timings["answer"] = time.perf_counter() - tick
-        tokens += self.visual_tokens(frames, self.cfg.answer_size**2 if self.cfg.answer_size else None)
-        timings["total"] = time.perf_counter() - started
+        state.selection = self.select(self.sampler, state.similarity, int(q.budget), len(features.indices))
+        state.timings["sampler"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        state.frames = state.source.get(features.indices[state.selection.indices])
+        state.answer_prompt = self.answer_conversation(q.question, q.options, state.frames)
+        state.timings["decode"] += time.perf_counter() - tick
+
+    def answer_turns(self, states: Sequence[QuestionState]) -> None:
+        """The answer turns of ``states``, as one batched generation."""
+        if not states:
+            return
+        tick = time.perf_counter()
+        replies = self.generate_answers([s.answer_prompt for s in states], [s.question.options for s in states])
+        elapsed = time.perf_counter() - tick
+        for state, (letter, text) in zip(states, replies, strict=True):
+            state.letter, state.answer_text = letter, text
+            state.timings["answer"] = elapsed
+            state.batch_sizes.append(len(states))
+
+    def finish(self, state: QuestionState, details: bool = False) -> Answer:
+        """The :class:`Answer` of a state whose answer turn ran."""
+        state.timings["total"] = time.perf_counter() - state.started
+        answer_pixels = self.cfg.answer_size**2 if self.cfg.answer_size else None
+        features = state.features
         return Answer(
-            option=letter,
-            option_index=OPTION_LETTERS.index(letter) if letter is not None else None,
-            queries=queries,
-            query_parse_ok=parse_ok,
-            frames=self.selected_frames(selection, features),
-            timings={k: round(v, 6) for k, v in timings.items()},
-            visual_tokens=tokens,
+            option=state.letter,
+            option_index=OPTION_LETTERS.index(state.letter) if state.letter is not None else None,
+            queries=state.queries,
+            query_parse_ok=state.query_parse_ok,
+            frames=self.selected_frames(state.selection, features),
+            timings={k: round(v, 6) for k, v in state.timings.items()},
+            visual_tokens=state.visual_tokens + self.visual_tokens(state.frames, answer_pixels),
             sampler=self.sampler.name,
-            query_text=query_text,
-            answer_text=answer_text,
-            features_cached=cached,
+            query_text=state.query_text,
+            answer_text=state.answer_text,
+            features_cached=state.features_cached,
+            similarity=np.round(state.similarity, 4).tolist() if details and state.similarity is not None else None,
+            candidate_timestamps=np.round(features.timestamps, 3).tolist() if details else None,
+            images=list(state.frames) if details else [],
         )
+
+
+@dataclass
+class QuestionState:
+    """One question on its way through :meth:`Pipeline.answer_many`'s steps (mutable).
+
+    ``timings`` holds this question's stage seconds: the batched turns (``query``, ``answer``)
+    count their whole batch; ``batch_sizes`` records how many questions shared each turn.
+    """
+
+    question: Question
+    source: FrameSource
+    mode: str = "none"
+    features: Any = None
+    features_cached: bool = False
+    query_prompt: Conversation | None = None
+    queries: list[str] = field(default_factory=list)
+    query_parse_ok: bool = True
+    query_text: str = ""
+    similarity: np.ndarray | None = None
+    selection: Selection | None = None
+    frames: list[np.ndarray] = field(default_factory=list)
+    answer_prompt: Conversation | None = None
+    letter: str | None = None
+    answer_text: str = ""
+    visual_tokens: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=lambda: {stage: 0.0 for stage in STAGES})
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question for :meth:`Pipeline.answer_many`: a video, the question, its options, the
+    frame budget, and the video's content hash when the caller already has it."""
+
+    video: Path
+    question: str
+    options: Sequence[str]
+    budget: int
+    sha256: str | None = None
+
+
+def _check_question(q: Question) -> None:
+    if not 1 <= len(q.options) <= len(OPTION_LETTERS):
+        raise ValueError(f"expected 1 to {len(OPTION_LETTERS)} options, got {len(q.options)}")
+    if isinstance(q.budget, bool) or int(q.budget) != q.budget or q.budget < 1:
+        raise ValueError(f"budget must be a positive integer, got {q.budget!r}")
 
 
 def load_sampler(name: str, params: dict[str, Any] | None = None) -> FrameSampler:
