@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,3 +61,45 @@ def build_model_dirs(root: Path) -> tuple[Path, Path, Path]:
     sampler_ckpt = root / "sampler.pt"
     torch.save({"state_dict": sampler.state_dict(), "config": asdict(UNetConfig.tiny())}, sampler_ckpt)
     return clip_dir, mllm_dir, sampler_ckpt
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bentoml_serve(env: dict[str, str], log_path: Path, ready_timeout: float = 120.0) -> Iterator[str]:
+    """``bentoml serve bento.service:MSJoE`` on a free 127.0.0.1 port; yields its base URL once
+    ``/readyz`` answers 200, and stops the whole process group afterwards."""
+    import httpx
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "bento.service:MSJoE", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=Path(__file__).resolve().parents[2], env={**os.environ, **env}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            assert server.poll() is None, log_path.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready:\n" + log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +20,7 @@ from msjoe.mllm.parsing import OPTION_LETTERS
 from msjoe.pipeline import STAGES
 from msjoe.serving import import_release
 from msjoe.video import sha256_file
-from tests.bento import build_model_dirs, release_config
+from tests.bento import bentoml_serve, build_model_dirs, release_config
 from tests.media import write_video
 
 QUESTION = "What colour was the star?"
@@ -223,74 +218,125 @@ def test_health_and_probes(client: Any, release: str) -> None:
     assert body["requests"]["answered"] >= 1 and body["requests"]["features_cached"] >= 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="module")
+def server(release: str, bento_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``bentoml serve`` of the test release (one per module)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    env = {"BENTOML_HOME": str(bento_home), "MSJOE_CACHE_DIR": str(tmp / "cache"),
+           "MSJOE_MODEL_TAG": release, "MSJOE_LIMIT_MAX_OPTIONS": "5", "OMP_NUM_THREADS": "1"}
+    with bentoml_serve(env, tmp / "serve.log") as base:
+        yield base
 
 
 @pytest.mark.slow
-def test_bentoml_serve_end_to_end(release: str, bento_home: Path, videos: dict[str, Path], tmp_path: Path) -> None:
+def test_bentoml_serve_end_to_end(server: str, release: str, videos: dict[str, Path]) -> None:
     import httpx
 
-    port = _free_port()
-    env = {**os.environ, "BENTOML_HOME": str(bento_home), "MSJOE_CACHE_DIR": str(tmp_path / "cache"),
-           "MSJOE_MODEL_TAG": release, "MSJOE_LIMIT_MAX_OPTIONS": "5", "OMP_NUM_THREADS": "1"}
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "bento.service:MSJoE", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=Path(__file__).resolve().parents[2], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60.0) as http:
-            deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    if http.get("/readyz", timeout=2.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server not ready in 120 s:\n" + log_path.read_text()[-3000:]
-                time.sleep(0.5)
+    with httpx.Client(base_url=server, timeout=60.0) as http:
+        before = http.get("/health").json()["requests"]
+        form = {"question": QUESTION, "options": json.dumps(OPTIONS), "budget": "4"}
+        video = videos["good"].read_bytes()
+        first = http.post("/answer", data=form, files={"video": ("demo.mp4", video, "video/mp4")})
+        assert first.status_code == 200, first.text
+        check_reply(first.json(), 4, videos["good"], release)
 
-            form = {"question": QUESTION, "options": json.dumps(OPTIONS), "budget": "4"}
-            video = videos["good"].read_bytes()
-            first = http.post("/answer", data=form, files={"video": ("demo.mp4", video, "video/mp4")})
-            assert first.status_code == 200, first.text
-            check_reply(first.json(), 4, videos["good"], release)
+        junk = http.post("/answer", data=form, files={"video": ("junk.mp4", b"not a video" * 100, "video/mp4")})
+        assert junk.status_code == 415 and junk.json()["code"] == "unsupported_video"
+        # env override of a release limit
+        many = http.post("/answer", data={**form, "options": json.dumps(OPTIONS + ["a", "b"])},
+                         files={"video": ("demo.mp4", video, "video/mp4")})
+        assert many.status_code == 400 and many.json()["code"] == "option_count"
 
-            junk = http.post("/answer", data=form, files={"video": ("junk.mp4", b"not a video" * 100, "video/mp4")})
-            assert junk.status_code == 415 and junk.json()["code"] == "unsupported_video"
-            # env override of a release limit
-            many = http.post("/answer", data={**form, "options": json.dumps(OPTIONS + ["a", "b"])},
-                             files={"video": ("demo.mp4", video, "video/mp4")})
-            assert many.status_code == 400 and many.json()["code"] == "option_count"
+        again = http.post("/answer", data=form, files={"video": ("again.mp4", video, "video/mp4")})
+        assert again.status_code == 200 and again.json()["features_cached"] is True
+        assert again.json()["frames"] == first.json()["frames"]
+        # concurrent uploads queue for the models and all succeed
+        other = videos["other"].read_bytes()
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(
+                lambda data: http.post("/answer", data=form, files={"video": ("c.mp4", data, "video/mp4")}),
+                [video, other, video, other],
+            ))
+        assert [r.status_code for r in replies] == [200] * 4
+        assert replies[0].json()["frames"] == first.json()["frames"]
+        assert replies[1].json()["frames"] == replies[3].json()["frames"]
+        health = http.get("/health").json()
+        assert health["model"] == release
+        assert health["requests"]["answered"] - before["answered"] == 6
+        assert health["requests"]["rejected"] - before["rejected"] == 2
+        assert health["batching"]["in_progress"] == 0
 
-            again = http.post("/answer", data=form, files={"video": ("again.mp4", video, "video/mp4")})
-            assert again.status_code == 200 and again.json()["features_cached"] is True
-            assert again.json()["frames"] == first.json()["frames"]
-            # concurrent uploads queue for the models and all succeed
-            other = videos["other"].read_bytes()
-            with ThreadPoolExecutor(4) as pool:
-                replies = list(pool.map(
-                    lambda data: http.post("/answer", data=form, files={"video": ("c.mp4", data, "video/mp4")}),
-                    [video, other, video, other],
-                ))
-            assert [r.status_code for r in replies] == [200] * 4
-            assert replies[0].json()["frames"] == first.json()["frames"]
-            assert replies[1].json()["frames"] == replies[3].json()["frames"]
-            health = http.get("/health").json()
-            assert health["model"] == release and health["requests"]["answered"] == 6
-            assert health["requests"]["rejected"] == 2
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        # Prometheus: BentoML's endpoint carries ours
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200
+        text = metrics.text
+        assert 'msjoe_requests_total{code="ok",status="200"}' in text
+        assert 'msjoe_requests_total{code="unsupported_video",status="415"}' in text
+        assert 'msjoe_stage_seconds_bucket{le="0.5",stage="request"}' in text
+        assert "msjoe_batch_size_count" in text and "msjoe_queue_depth" in text
+
+        # the page is served at /
+        page = http.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<form id="ask">' in page.text and 'fetch("answer"' in page.text
+
+
+CHROMIUM = Path(os.environ.get("MSJOE_CHROMIUM", "/usr/bin/chromium"))
+# headless on a machine with no network: no GPU, no first-run, no background connections
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "reports" / "screenshots" / "page.png"
+
+
+@pytest.mark.slow
+def test_page_in_a_real_browser(server: str, videos: dict[str, Path], tmp_path: Path) -> None:
+    """Debian's Chromium, driven by Playwright: upload, ask, see the answer, the thumbnails and the
+    curves; bad uploads show the API's errors. Writes reports/screenshots/page.png."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (Debian package chromium; .ci/run installs it)")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            page = browser.new_page(viewport={"width": 1000, "height": 1400})
+            page.goto(f"{server}/")
+            assert page.title() == "MSJoE: ask a video"
+
+            def ask(video: Path, options: list[str]) -> None:
+                page.set_input_files("#video", str(video))
+                page.fill("#question", QUESTION)
+                page.fill("#options", "\n".join(options))
+                page.fill("#budget", "4")
+                page.click("#submit")
+
+            ask(videos["good"], OPTIONS)
+            page.wait_for_selector("#frames img", timeout=60_000)
+            assert page.locator("#frames img").count() == 4
+            captions = page.locator("#frames figcaption").all_inner_texts()
+            assert len(captions) == 4 and all("#" in c for c in captions)
+            answer = page.inner_text("#answer")
+            assert answer.startswith("Answer: ") or answer == "The model gave no parsable answer."
+            n_queries = page.locator("#queries li").count()
+            assert n_queries >= 1
+            assert page.locator("#timeline polyline.curve").count() == n_queries
+            assert page.locator("#timeline line.chosen").count() == 4
+            assert page.inner_text("#status").startswith("Answered in")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            # bad uploads: the same errors as the API gives, shown on the page
+            ask(junk, OPTIONS)
+            page.wait_for_selector("#status.error", timeout=60_000)
+            status = page.inner_text("#status")
+            assert "unsupported_video" in status and "HTTP 415" in status
+            assert page.locator("#result").is_hidden()
+            ask(videos["good"], OPTIONS + ["a", "b"])  # the server allows 5 (MSJOE_LIMIT_MAX_OPTIONS)
+            page.wait_for_function("document.getElementById('status').textContent.includes('option_count')",
+                                   timeout=60_000)
+            assert "HTTP 400" in page.inner_text("#status")
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000
