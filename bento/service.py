@@ -60,6 +60,18 @@ def _cache_dir() -> Path:
     return Path(home) / "msjoe-cache"
 
 
+def _device() -> str:
+    """``MSJOE_DEVICE``; with several workers on as many GPUs, worker i takes GPU i-1 (BentoML's
+    worker_index is 1-based), so each worker holds one copy of the models on its own device."""
+    requested = os.environ.get("MSJOE_DEVICE", "auto")
+    if requested == "auto" and WORKERS > 1:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() >= WORKERS:
+            return f"cuda:{bentoml.server_context.worker_index - 1}"
+    return requested
+
+
 def _current_engine() -> ServingEngine | None:
     try:
         return bentoml.get_current_service().engine
@@ -91,7 +103,7 @@ health_app = Starlette(routes=[Route("/", _page, methods=["GET"]), Route("/healt
 @bentoml.asgi_app(health_app, path="/")
 @bentoml.service(
     name="msjoe",
-    resources={"gpu": 1, "memory": "16Gi"},
+    resources={"gpu": WORKERS, "memory": "16Gi"},
     workers=WORKERS,
     # a request thread per in-flight request: it checks the upload, then waits for its batch
     threads=MAX_CONCURRENCY,
@@ -107,9 +119,9 @@ class MSJoE:
             Path(self.model.path),
             cache_dir=_cache_dir(),
             model_tag=str(self.model.tag),
-            device=os.environ.get("MSJOE_DEVICE", "auto"),
+            device=_device(),
             environ=os.environ,
-            mllm_dtype=os.environ.get("MSJOE_MLLM_DTYPE") or None,
+            mllm_dtype=os.environ.get("MSJOE_MLLM_DTYPE", "auto"),
             metrics=METRICS,
         )
         log.info("msjoe %s loaded on %s (cache %s, batching %s)", self.model.tag, self.engine.device,

@@ -110,13 +110,16 @@ class ServingEngine:
         metrics: ServingMetrics | None = None,
     ) -> ServingEngine:
         """Load a release directory; ``environ`` may override limits (``MSJOE_LIMIT_*``) and
-        batching (``MSJOE_MAX_BATCH``, ``MSJOE_MAX_WAIT_MS``, ``MSJOE_MAX_QUEUE``)."""
+        batching (``MSJOE_MAX_BATCH``, ``MSJOE_MAX_WAIT_MS``, ``MSJOE_MAX_QUEUE``).
+        ``mllm_dtype`` None or ``auto``: bfloat16 on CUDA, the checkpoint's float32 on the CPU."""
         cfg = read_release_config(Path(directory))
         batching = BatchSettings()
         if environ is not None:
             cfg = replace(cfg, limits=limits_from_env(cfg.limits, environ))
             batching = BatchSettings.from_env(environ)
         resolved = resolve_device(device)
+        if mllm_dtype in (None, "", "auto"):  # bf16 on GPUs (as Qwen2.5-VL is released), fp32 on CPUs
+            mllm_dtype = "bfloat16" if resolved.startswith("cuda") else None
         pipeline = load_pipeline(Path(directory), cfg, resolved, Path(cache_dir), mllm_dtype)
         return cls(pipeline, cfg, Path(cache_dir), model_tag, resolved, batching, metrics)
 
