@@ -61,7 +61,7 @@ def stage_shares(args: argparse.Namespace) -> None:
 
     from msjoe.clip.model import load_clip
     from msjoe.features import FeatureStore
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import STAGES, Pipeline, PipelineConfig, load_sampler
 
     needed = [args.clip / "clip.json", args.mllm / "mllm.json", args.questions]

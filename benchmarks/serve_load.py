@@ -96,8 +96,8 @@ def build_random_release(root: Path) -> tuple[Path, Path]:
     from msjoe.clip.manifest import ClipManifest, identity_for, write_manifest
     from msjoe.clip.model import CONFIG_DIR, create_clip
     from msjoe.mllm.build import TinyMLLMConfig, build_tiny_mllm
-    from msjoe.mllm.pretrain import MLLMManifest
-    from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+    from msjoe.mllm.manifest import MLLMManifest
+    from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
     from msjoe.world.vocab import COLOURS, SHAPES, describe
 
     clip_dir = root / "clip"

@@ -31,7 +31,7 @@ def main() -> None:
     pipeline_params = p.pop("pipeline", {}) or {}
 
     from msjoe.clip.model import load_clip
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig
     from msjoe.rl.difficulty import DifficultyConfig, measure_difficulty
     from msjoe.rl.rollout import load_items

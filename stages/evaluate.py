@@ -43,7 +43,7 @@ def main() -> None:
     from msjoe.clip.model import load_clip
     from msjoe.evaluate import ORACLE, accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims
     from msjoe.features import FeatureStore
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig, load_sampler
     from msjoe.plots import write_example_figures
 

@@ -58,7 +58,7 @@ def main() -> None:
     import pandas as pd
 
     from msjoe.clip.model import load_clip
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig
     from msjoe.rl.difficulty import trainable_qids
     from msjoe.rl.engine import dist_info

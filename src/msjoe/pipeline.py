@@ -594,7 +594,7 @@ def ask_command(
     answers one question. Kept here so the CLI stays a thin argument parser.
     """
     from msjoe.clip.model import load_clip
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
 
     pipeline = Pipeline(
         load_clip(Path(clip_dir)),

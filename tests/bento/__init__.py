@@ -45,8 +45,8 @@ def build_model_dirs(root: Path) -> tuple[Path, Path, Path]:
 
     from tests.models import write_random_clip
     from msjoe.mllm.build import build_tiny_mllm
-    from msjoe.mllm.pretrain import MLLMManifest
-    from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+    from msjoe.mllm.manifest import MLLMManifest
+    from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
     from msjoe.sampling.unet import UNetConfig, UNetSampler
 
     clip_dir = write_random_clip(root / "clip")

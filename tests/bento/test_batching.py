@@ -106,7 +106,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def demo_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped demo base MLLM (trained, so its greedy choices are not near-ties) with a
     random tiny CLIP and sampler."""
-    from msjoe.mllm.pretrain import MLLMManifest, write_manifest
+    from msjoe.mllm.manifest import MLLMManifest, write_manifest
 
     root = tmp_path_factory.mktemp("demo_release")
     clip_dir, _, sampler_ckpt = build_model_dirs(root / "models")

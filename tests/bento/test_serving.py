@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from msjoe.clip.manifest import ClipManifest, read_manifest, write_manifest
-from msjoe.mllm.pretrain import MLLMManifest
-from msjoe.mllm.pretrain import read_manifest as read_mllm_manifest
-from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+from msjoe.mllm.manifest import MLLMManifest
+from msjoe.mllm.manifest import read_manifest as read_mllm_manifest
+from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
 from msjoe.serving import (
     ReleaseConfig,
     RequestError,

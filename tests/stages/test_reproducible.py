@@ -69,8 +69,9 @@ def _digests(path: Path) -> dict[str, str]:
 def _inputs(root: Path) -> Path:
     """The world and what ingest, pretrain_mllm and difficulty would hand to the chain."""
     from msjoe.mllm.build import build_tiny_mllm
-    from msjoe.mllm.pretrain import MLLMManifest, build_corpus
-    from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+    from msjoe.mllm.pretrain import build_corpus
+    from msjoe.mllm.manifest import MLLMManifest
+    from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
     from msjoe.probe import probe_and_hash
     from tests.unit.test_rl_train_sampler import MLLM_CFG, make_world
 

@@ -23,23 +23,8 @@ from msjoe.mllm.demo_base import DemoBaseConfig, VisionPretrainConfig, pretrain_
 from msjoe.mllm.load import load_mllm
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import build_answer_messages
-from msjoe.mllm.pretrain import (
-    MANIFEST,
-    MLLMPretrainConfig,
-    WorldVideos,
-    answer_examples,
-    build_corpus,
-    caption_examples,
-    event_runs,
-    evidence_frame_set,
-    identity_for,
-    load_prepared_mllm,
-    load_world_questions,
-    no_evidence_frame_set,
-    prepare_mllm,
-    query_examples,
-    read_manifest,
-)
+from msjoe.mllm.pretrain import MLLMPretrainConfig, WorldVideos, answer_examples, build_corpus, caption_examples, event_runs, evidence_frame_set, load_world_questions, no_evidence_frame_set, prepare_mllm, query_examples
+from msjoe.mllm.manifest import MANIFEST, identity_for, load_prepared_mllm, read_manifest
 from msjoe.mllm.sft import SFTConfig
 from msjoe.world import WorldConfig, generate_world
 from msjoe.world.reasoning import implied_option

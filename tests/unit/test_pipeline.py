@@ -15,8 +15,9 @@ from msjoe.features import FeatureStore
 from msjoe.mllm.build import TinyMLLMConfig, build_tiny_mllm
 from msjoe.mllm.load import MLLM, load_mllm
 from msjoe.mllm.parsing import OPTION_LETTERS
-from msjoe.mllm.pretrain import MLLMManifest, build_corpus
-from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+from msjoe.mllm.pretrain import build_corpus
+from msjoe.mllm.manifest import MLLMManifest
+from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
 from msjoe.pipeline import STAGES, Pipeline, PipelineConfig, ask_command, load_sampler, query_source
 from msjoe.sampling import build_sampler
 from msjoe.video import sha256_file

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from msjoe.clip.model import FrozenClip
-from msjoe.mllm.pretrain import load_prepared_mllm
+from msjoe.mllm.manifest import load_prepared_mllm
 from msjoe.pipeline import Pipeline
 from msjoe.rl.difficulty import DifficultyConfig, measure_difficulty, trainable_qids
 from msjoe.rl.rollout import TrainItem

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msjoe.clip.model import FrozenClip
-from msjoe.mllm.pretrain import load_prepared_mllm, read_manifest
+from msjoe.mllm.manifest import load_prepared_mllm, read_manifest
 from msjoe.pipeline import Pipeline, load_sampler
 from msjoe.rl.rollout import TrainItem
 from msjoe.rl.train_joint import JointTrainConfig, train_joint

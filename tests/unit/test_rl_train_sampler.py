@@ -22,8 +22,9 @@ from msjoe.episode import uniform_positions
 from msjoe.features import FeatureStore
 from msjoe.mllm.build import TinyMLLMConfig, build_tiny_mllm
 from msjoe.mllm.load import MLLM, load_mllm
-from msjoe.mllm.pretrain import MLLMManifest, build_corpus, load_prepared_mllm
-from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+from msjoe.mllm.pretrain import build_corpus
+from msjoe.mllm.manifest import MLLMManifest, load_prepared_mllm
+from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
 from msjoe.pipeline import Pipeline, PipelineConfig, load_sampler
 from msjoe.rl.checkpoint import latest_checkpoint, read_meta
 from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune

@@ -3,8 +3,8 @@
 The stage (:func:`prepare_mllm`) only *records* which weights the pipeline starts from, a hub
 id (paper scale: ``Qwen/Qwen2.5-VL-7B-Instruct``) or a local checkpoint directory (the demo's
 ``weights/demo-mllm``), with a content identity; nothing is trained or downloaded there, and
-later stages load it through :func:`load_prepared_mllm`, the one path that also loads the 7B
-checkpoint.
+later stages load it through :func:`msjoe.mllm.manifest.load_prepared_mllm`, the one path that
+also loads the 7B checkpoint.
 
 The demo's base model is made once, outside the DAG, by :mod:`msjoe.mllm.demo_base`; this
 module holds the part of that recipe that teaches the two MSJoE turns
@@ -52,7 +52,6 @@ queries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -64,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msjoe.mllm.build import TinyMLLMConfig
+from msjoe.mllm.manifest import MLLMManifest, identity_for, write_manifest
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import DEFAULT_SYSTEM_PROMPT, Conversation, build_answer_messages, build_query_messages
 from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune
@@ -75,10 +75,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANSWER_FORMATS",
     "CAPTION_PROMPT",
-    "MANIFEST",
-    "MODEL_SUBDIR",
     "AnswerExample",
-    "MLLMManifest",
     "MLLMPretrainConfig",
     "WorldQuestion",
     "WorldVideos",
@@ -90,28 +87,20 @@ __all__ = [
     "event_runs",
     "evidence_frame_set",
     "extra_train_questions",
-    "identity_for",
-    "load_prepared_mllm",
     "load_world_questions",
     "no_evidence_frame_set",
     "prepare_mllm",
     "query_examples",
     "query_target",
     "train_demo_mllm",
-    "read_manifest",
     "uniform_frame_set",
-    "write_manifest",
 ]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "mllm.json"
-MODEL_SUBDIR = "model"
 CAPTION_PROMPT = "Describe this frame."
 ANSWER_FORMATS = ("option", "letter")
 _SEEN_NOTHING = "nothing"
-_FULL_HASH_LIMIT = 256 << 20
-_EDGE_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,81 +229,6 @@ def _dataclass_from(kind: type, values: dict[str, Any], name: str) -> Any:
     if extra := set(values) - known:
         raise ValueError(f"unknown {name} parameters: {sorted(extra)}")
     return kind(**values)
-
-
-# --------------------------------------------------------------------------------------------
-# manifest
-
-
-@dataclass(frozen=True)
-class MLLMManifest:
-    """``name_or_path``: a hub id, an absolute local directory, or a directory relative to the
-    manifest (the demo's ``model``); ``identity``: a stable id of the weights, for cache keys and
-    lineage."""
-
-    name_or_path: str
-    identity: str
-
-    def resolve(self, directory: Path) -> str:
-        """What :func:`load_mllm` should be given: a local path when one exists, else the id."""
-        local = Path(directory) / self.name_or_path
-        if not Path(self.name_or_path).is_absolute() and local.is_dir():
-            return str(local)
-        return self.name_or_path
-
-
-def identity_for(name_or_path: str, directory: Path | None = None) -> str:
-    """Stable id of the weights without loading them.
-
-    A hub id is its own identity (no network call: the stage must work offline). A local
-    directory is hashed over its file names and contents; files above 256 MiB (the shards of a
-    7B checkpoint, 16 GB in all) contribute their size and first/last MiB only, so recording a
-    real checkpoint takes seconds, not minutes.
-    """
-    local = Path(directory) if directory is not None else Path(name_or_path).expanduser()
-    if not local.is_dir():
-        return name_or_path
-    digest = hashlib.sha256()
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        rel = path.relative_to(local).as_posix()
-        size = path.stat().st_size
-        digest.update(f"{rel}\0{size}\0".encode())
-        with open(path, "rb") as handle:
-            if size <= _FULL_HASH_LIMIT:
-                while chunk := handle.read(_EDGE_BYTES):
-                    digest.update(chunk)
-            else:
-                digest.update(handle.read(_EDGE_BYTES))
-                handle.seek(size - _EDGE_BYTES)
-                digest.update(handle.read(_EDGE_BYTES))
-    return f"{local.name}@sha256:{digest.hexdigest()[:16]}"
-
-
-def write_manifest(directory: Path, manifest: MLLMManifest) -> Path:
-    """Write ``directory/mllm.json``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / MANIFEST
-    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    return path
-
-
-def read_manifest(directory: Path) -> MLLMManifest:
-    """Read ``directory/mllm.json`` (written by the ``pretrain_mllm`` stage)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the pretrain_mllm stage first")
-    data = json.loads(path.read_text())
-    return MLLMManifest(name_or_path=str(data["name_or_path"]), identity=str(data["identity"]))
-
-
-def load_prepared_mllm(directory: Path, **load_kwargs: Any) -> MLLM:
-    """Load the MLLM a manifest points to, through :func:`msjoe.mllm.load.load_mllm`."""
-    from msjoe.mllm.load import load_mllm
-
-    manifest = read_manifest(directory)
-    mllm = load_mllm(manifest.resolve(Path(directory)), **load_kwargs)
-    mllm.identity = manifest.identity
-    return mllm
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ is small and separate.
 Gradient accumulation, clipping and the learning-rate schedules are the engines'. Checkpoints,
 resume and seeding work as in stage 1 (:mod:`msjoe.rl.train_sampler`). Final outputs under
 ``out_dir``: ``sampler.pt`` and ``model/`` (``save_pretrained`` of model + processor) with an
-``mllm.json`` manifest, loadable by :func:`msjoe.mllm.pretrain.load_prepared_mllm` like the
+``mllm.json`` manifest, loadable by :func:`msjoe.mllm.manifest.load_prepared_mllm` like the
 pre-trained MLLM.
 """
 
@@ -143,13 +143,13 @@ def padded_old_log_probs(results: Sequence[GenerationResult], width: int) -> tor
 
 def save_mllm(out_dir: Path, engine: Any, processor: Any) -> Path:
     """``out_dir/model`` (``save_pretrained`` of the trained weights + processor) and
-    ``out_dir/mllm.json``, the manifest :func:`~msjoe.mllm.pretrain.load_prepared_mllm` reads.
+    ``out_dir/mllm.json``, the manifest :func:`~msjoe.mllm.manifest.load_prepared_mllm` reads.
 
     Under ZeRO-3 the partitioned weights are gathered first; only rank 0 writes.
     """
     import torch
 
-    from msjoe.mllm.pretrain import MODEL_SUBDIR, MLLMManifest, identity_for, write_manifest
+    from msjoe.mllm.manifest import MODEL_SUBDIR, MLLMManifest, identity_for, write_manifest
 
     module = engine.module
     state = _full_state_dict(module, engine.zero_optimization_stage())

@@ -107,9 +107,9 @@ def write_release(
     """
     from msjoe.clip.manifest import read_manifest as read_clip_manifest
     from msjoe.clip.manifest import write_manifest as write_clip_manifest
-    from msjoe.mllm.pretrain import MLLMManifest
-    from msjoe.mllm.pretrain import read_manifest as read_mllm_manifest
-    from msjoe.mllm.pretrain import write_manifest as write_mllm_manifest
+    from msjoe.mllm.manifest import MLLMManifest
+    from msjoe.mllm.manifest import read_manifest as read_mllm_manifest
+    from msjoe.mllm.manifest import write_manifest as write_mllm_manifest
 
     target = Path(target)
     if sampler_ckpt is not None and cfg.sampler != "msjoe":
@@ -209,7 +209,7 @@ def load_pipeline(directory: Path, cfg: ReleaseConfig, device: str, cache_dir: P
     """The inference pipeline of a release on ``device`` with its feature cache."""
     from msjoe.clip.model import load_clip
     from msjoe.features import FeatureStore
-    from msjoe.mllm.pretrain import load_prepared_mllm
+    from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import Pipeline, load_sampler
 
     directory = Path(directory)
