@@ -84,15 +84,10 @@ def installed_mb(names: set[str]) -> float:
 
 
 def render(names: set[str], pins: dict[str, str]) -> str:
-    """Lock pins; a package the lock leaves out (pip-tools omits setuptools) is pinned to the
-    version installed beside the locked ones."""
-    lines = []
-    for name in sorted(names):
-        if name in pins:
-            lines.append(pins[name])
-        else:
-            lines.append(f"{name}=={md.version(name)}  # not in requirements.lock; the installed version")
-    return HEADER + "".join(line + "\n" for line in lines)
+    missing = sorted(n for n in names if n not in pins)
+    if missing:
+        raise SystemExit(f"not pinned in requirements.lock: {', '.join(missing)}")
+    return HEADER + "".join(pins[n] + "\n" for n in sorted(names))
 
 
 def main() -> int:
