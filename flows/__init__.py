@@ -7,8 +7,10 @@
 * :mod:`flows.promotion`: the pure promotion gate (``should_promote``).
 * :mod:`flows.metrics_report`: metrics JSON to markdown / table rows for artifacts.
 * :mod:`flows.store_records`: what a run writes to and reads from the metadata store.
-* :mod:`flows.local_server`: local server, work pool, deployment registration and worker
-  (``infra/prefect/serve.py``, ``make orchestrate``).
+
+The local Prefect server, work pool, deployment registration and worker live next to the
+deployment file, in ``infra/prefect/local_server.py`` (``make orchestrate`` runs
+``infra/prefect/serve.py``).
 
 This package module stays light: it imports nothing, so ``flows.promotion`` and friends can be
 used without loading Prefect.

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flows.local_server import (  # noqa: E402 - after the sys.path fix above
+from infra.prefect.local_server import (  # noqa: E402 - after the sys.path fix above
     PREFECT_FILE,
     ServerError,
     api_url,

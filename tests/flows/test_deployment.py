@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.local_server import (
+from infra.prefect.local_server import (
     PREFECT_FILE,
     api_url,
     deployment_specs,

@@ -1,7 +1,8 @@
 """A local Prefect server, work pool and worker for the retraining deployment.
 
 ``prefect.yaml`` declares the deployment; this module does the surrounding chores that make it
-visible and runnable on one machine: start ``prefect server start`` on localhost, wait until it
+visible and runnable on one machine (it lives next to the deployment file, not in ``flows/``:
+it runs Prefect, the flows run on it): start ``prefect server start`` on localhost, wait until it
 answers, create the process work pool the deployment names, register the deployment with
 ``prefect deploy`` and start a worker that picks up the scheduled runs. ``infra/prefect/serve.py``
 (``make orchestrate``) chains them; the tests use the same functions against a throw-away server.
@@ -22,10 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-#: Repository root (this file is ``<root>/flows/local_server.py``).
-REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The deployment definition registered by :func:`register_deployments`.
-PREFECT_FILE = REPO_ROOT / "infra" / "prefect" / "prefect.yaml"
+#: Repository root (this file is ``<root>/infra/prefect/local_server.py``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The deployment definition registered by :func:`register_deployments`, next to this file.
+PREFECT_FILE = Path(__file__).resolve().with_name("prefect.yaml")
 
 
 class ServerError(RuntimeError):
