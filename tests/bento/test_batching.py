@@ -53,12 +53,11 @@ def test_batches_fill_up_to_max_batch_and_keep_order() -> None:
 
 
 def test_a_lone_item_does_not_wait_when_nothing_else_is_coming() -> None:
-    batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: items, max_batch=8, max_wait_s=5.0,
+    # a max wait far beyond the result's timeout: the item only comes back if the batch ran at once
+    batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: items, max_batch=8, max_wait_s=3600.0,
                                                    more_coming=lambda size: False)
     try:
-        started = time.perf_counter()
-        assert batcher.submit(1).result(timeout=10) == 1
-        assert time.perf_counter() - started < 2.5  # not the 5 s max wait
+        assert batcher.submit(1).result(timeout=60) == 1
     finally:
         batcher.close()
 
@@ -206,10 +205,10 @@ def test_admission_is_bounded_and_nothing_admitted_is_lost(
             while engine.health()["batching"]["in_progress"] < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-            started = time.perf_counter()
+            # refused at once: admission never waits, and the two admitted turns are still held
             with pytest.raises(RequestError) as refused:  # same content: its probe record exists
                 engine.answer(videos[0], question, options, 4)
-            assert time.perf_counter() - started < 5  # refused at once, not after a timeout
+            assert not hold.is_set()
             hold.set()
             replies = [f.result(timeout=60) for f in admitted]
     finally:
@@ -249,7 +248,7 @@ def test_metrics_count_requests_stages_and_batches(tiny_release: Path, videos: l
     assert value("msjoe_requests_total", status="400", code="option_count") == 1
     assert value("msjoe_stage_seconds_count", stage="request") == 2
     assert value("msjoe_stage_seconds_count", stage="answer") == 2
-    assert value("msjoe_batch_size_count") >= 4  # two turns per answered request
+    assert value("msjoe_batch_size_count") == 4  # two answered requests, one after the other: two turns each
     assert value("msjoe_queue_depth") == 0
 
 
