@@ -21,8 +21,11 @@ the benchmark's own table shows: MLVU's M-Avg, overall accuracy otherwise) with
 ``official_breakdown[sampler][budget]`` (its group scores: Video-MME and LongVideoBench by
 duration group, LVBench by question type; :mod:`msjoe.official`),
 ``evidence_hit_rate[sampler][budget]`` (share of questions with evidence where at least one
-selected frame lies inside an evidence span), ``accuracy_per_category``, visual tokens per
-answer, parse rates, and mean per-turn stage latencies. Every proportion comes with its n and a
+selected frame lies inside an evidence span), ``evidence_complete_rate`` (share where every
+evidence span holds a selected frame: what a question about several events, an order or a
+count, needs), ``accuracy_per_category``, visual tokens per answer, parse rates
+(``answer_format_rate``: the reply holds a closed answer tag; ``answer_parse_rate``: the tag
+names one of the options, so an unparsed but well-formed reply is a wrong answer), and mean per-turn stage latencies. Every proportion comes with its n and a
 95% Wilson interval (``*_ci`` keys, ``[lo, hi]``). ``oracle`` (when evidence is known)
 answers from the evidence frames padded with uniform frames to K: an upper bound for samplers.
 
@@ -47,6 +50,7 @@ import pandas as pd
 from msjoe import official
 from msjoe.episode import is_correct
 from msjoe.features import VideoFeatures
+from msjoe.mllm.parsing import has_answer_tag
 from msjoe.pipeline import FrameSource, Pipeline, query_source
 from msjoe.sampling.base import FrameSampler, Selection
 from msjoe.stats import holm, mcnemar_exact, noninferiority_test, paired_bootstrap, wilson_interval
@@ -63,6 +67,7 @@ __all__ = [
     "ExampleTrace",
     "claims_report",
     "evaluate",
+    "evidence_complete",
     "evidence_hit",
     "evidence_positions",
     "oracle_selection",
@@ -110,6 +115,23 @@ def evidence_hit(selected_timestamps: Sequence[float], evidence: Any, tolerance_
     if not _spans(evidence):
         return None
     return bool(evidence_positions(np.asarray(selected_timestamps), evidence, tolerance_s).any())
+
+
+def evidence_complete(
+    selected_timestamps: Sequence[float], evidence: Any, tolerance_s: float = 0.0
+) -> bool | None:
+    """Whether every evidence span holds a selected frame; None when there is no evidence.
+
+    >>> evidence_complete([1.0, 5.0], [[0.0, 2.0], [4.0, 6.0]])
+    True
+    >>> evidence_complete([1.0, 1.5], [[0.0, 2.0], [4.0, 6.0]])
+    False
+    """
+    spans = _spans(evidence)
+    if not spans:
+        return None
+    times = np.asarray(selected_timestamps)
+    return all(bool(evidence_positions(times, [span], tolerance_s).any()) for span in spans)
 
 
 def oracle_selection(timestamps: np.ndarray, evidence: Any, budget: int) -> Selection:
@@ -198,7 +220,8 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
     Besides the point estimates every proportion carries its n and a 95% Wilson interval:
     ``accuracy_ci`` (n: ``questions``), ``accuracy_per_category_ci`` (n:
     ``questions_per_category``), ``evidence_hit_rate_ci`` (n: ``evidence_hit_n``, the questions
-    with evidence), ``answer_parse_rate_ci`` (n: ``questions``) and ``query_parse_rate_ci`` (n:
+    with evidence; the same n for ``evidence_complete_rate_ci``), ``answer_parse_rate_ci`` and
+    ``answer_format_rate_ci`` (n: ``questions``) and ``query_parse_rate_ci`` (n:
     ``query_parse_n``, the questions whose similarity came from generated queries). Intervals
     are ``[lo, hi]``, None where n is 0.
     """
@@ -207,8 +230,9 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
         key: {}
         for key in (
             "accuracy", "accuracy_ci", "official", "official_breakdown", "evidence_hit_rate", "evidence_hit_rate_ci",
-            "evidence_hit_n", "accuracy_per_category", "accuracy_per_category_ci", "questions_per_category",
+            "evidence_hit_n", "evidence_complete_rate", "evidence_complete_rate_ci", "accuracy_per_category", "accuracy_per_category_ci", "questions_per_category",
             "visual_tokens", "visual_tokens_answer", "answer_parse_rate", "answer_parse_rate_ci",
+            "answer_format_rate", "answer_format_rate_ci",
             "query_parse_rate", "query_parse_rate_ci", "query_parse_n", "questions",
         )
     }
@@ -217,9 +241,11 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
         correct = group["correct"].astype(bool).tolist()
         n = len(correct)
         hits = group["evidence_hit"].dropna().astype(bool)
+        complete = group["evidence_complete"].dropna().astype(bool)
         with_queries = group[group["query_source"] == "generated"]
         parsed_queries = int(with_queries["query_parse_ok"].astype(bool).sum())
         parsed_answers = int(group["prediction"].notna().sum())
+        tagged_answers = int(group["answer_text"].fillna("").map(has_answer_tag).sum())
         durations = group["duration_s"].tolist() if "duration_s" in group else None
         scores = official.breakdown(benchmark, correct, group["category"].astype(str).tolist(), durations)
         per_cat: dict[str, float] = {}
@@ -238,6 +264,8 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
             "evidence_hit_rate": float(hits.mean()) if len(hits) else None,
             "evidence_hit_rate_ci": _interval(int(hits.sum()), len(hits)),
             "evidence_hit_n": int(len(hits)),
+            "evidence_complete_rate": float(complete.mean()) if len(complete) else None,
+            "evidence_complete_rate_ci": _interval(int(complete.sum()), len(complete)),
             "accuracy_per_category": per_cat,
             "accuracy_per_category_ci": per_cat_ci,
             "questions_per_category": per_cat_n,
@@ -245,6 +273,8 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
             "visual_tokens_answer": float(group["visual_tokens_answer"].mean()),
             "answer_parse_rate": parsed_answers / n,
             "answer_parse_rate_ci": _interval(parsed_answers, n),
+            "answer_format_rate": tagged_answers / n,
+            "answer_format_rate_ci": _interval(tagged_answers, n),
             "query_parse_rate": parsed_queries / len(with_queries) if len(with_queries) else None,
             "query_parse_rate_ci": _interval(parsed_queries, len(with_queries)),
             "query_parse_n": int(len(with_queries)),
@@ -490,6 +520,7 @@ def evaluate(
             "timestamps": [round(float(t), 4) for t in times],
             "weights": [float(w) for w in sel.weights],
             "evidence_hit": evidence_hit(times, item.row.evidence, evidence_tolerance_s),
+            "evidence_complete": evidence_complete(times, item.row.evidence, evidence_tolerance_s),
             "visual_tokens_answer": answer_tokens,
             "visual_tokens": answer_tokens + p["preview_tokens"],
         })
@@ -599,7 +630,7 @@ def resolve_budget(spec: int | str, budgets: Sequence[int]) -> int:
 
 #: What a claim compares, per question: answered correctly, or at least one selected frame
 #: inside the evidence (questions without evidence annotations are left out of the pairing).
-CLAIM_METRICS = {"accuracy": "correct", "evidence_hit": "evidence_hit"}
+CLAIM_METRICS = {"accuracy": "correct", "evidence_hit": "evidence_hit", "evidence_complete": "evidence_complete"}
 
 
 @dataclass(frozen=True)
@@ -635,7 +666,8 @@ def parse_claims(
 
     Each spec: ``name``, ``a: [sampler, budget]``, ``b: [sampler or [samplers], budget]``,
     ``kind: superior|noninferior``, optional ``margin`` (default 0.05), ``alpha`` (0.05) and
-    ``metric`` (``accuracy``, default, or ``evidence_hit``).
+    ``metric`` (a key of :data:`CLAIM_METRICS`: ``accuracy``, default, ``evidence_hit`` or
+    ``evidence_complete``).
     """
     claims: list[Claim] = []
     known = set(samplers)
@@ -743,7 +775,8 @@ def claims_report(
     """Each claim tested on the questions both sides answered (paired), ``{name: result}``.
 
     Per comparison of ``a`` with one ``b`` (in the claim's ``metric``; below for accuracy, the
-    same for ``evidence_hit_rate`` on the questions with evidence): ``n``; both sides' accuracy with a 95% Wilson
+    same for ``evidence_hit_rate`` or ``evidence_complete_rate`` on the questions with evidence):
+    ``n``; both sides' accuracy with a 95% Wilson
     interval; the discordant counts ``a_only`` / ``b_only``; ``difference`` (acc a - acc b)
     with a 95% paired-bootstrap ``difference_ci`` and two-sided ``p_bootstrap``; the exact
     McNemar ``p_mcnemar`` (one-sided, H1: a > b) and ``p_mcnemar_two_sided``; the Wald+2

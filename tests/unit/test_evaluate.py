@@ -19,6 +19,7 @@ from msjoe.evaluate import (
     accuracy_plot_rows,
     claims_report,
     evaluate,
+    evidence_complete,
     evidence_hit,
     oracle_selection,
     parse_claims,
@@ -59,7 +60,8 @@ def test_evaluate_report_for_two_samplers_and_two_budgets(
     for key in ("accuracy", "accuracy_ci", "official", "evidence_hit_rate", "evidence_hit_rate_ci", "evidence_hit_n",
                 "visual_tokens", "accuracy_per_category", "accuracy_per_category_ci", "questions_per_category",
                 "answer_parse_rate", "answer_parse_rate_ci", "query_parse_rate", "query_parse_rate_ci",
-                "query_parse_n", "questions"):
+                "query_parse_n", "questions", "evidence_complete_rate", "evidence_complete_rate_ci",
+                "answer_format_rate", "answer_format_rate_ci"):
         assert set(report[key]) == labels, key
         assert all(set(per) == {"2", "4"} for per in report[key].values()), key
     assert len(preds) == n * 4 * 2
@@ -89,6 +91,9 @@ def test_evaluate_report_for_two_samplers_and_two_budgets(
     assert report["evidence_hit_rate"][ORACLE] == {"2": 1.0, "4": 1.0}
     assert report["evidence_hit_n"][ORACLE] == {"2": n, "4": n}
     assert report["evidence_hit_rate_ci"][ORACLE]["4"] == pytest.approx(list(wilson_interval(n, n)))
+    # all evidence implies some evidence
+    both = preds.dropna(subset=["evidence_hit"])
+    assert not (both["evidence_complete"].astype(bool) & ~both["evidence_hit"].astype(bool)).any()
     assert set(report["accuracy_per_category"]["bolt"]["4"]) == set(questions["category"])
     assert sum(report["questions_per_category"]["bolt"]["4"].values()) == n
     # uniform and bolt-with-the-question run no query turn; bolt pays for 1 or 2 previews of 1 token each
@@ -153,10 +158,19 @@ def test_evidence_hit_on_hand_made_spans() -> None:
     assert evidence_hit([1.0], None) is None and evidence_hit([1.0], []) is None
 
 
+def test_evidence_complete_needs_a_frame_in_every_span() -> None:
+    spans = [[10.0, 11.0], [20.0, 22.0]]
+    assert evidence_complete([10.0, 21.5], spans) is True
+    assert evidence_complete([10.0, 10.5, 30.0], spans) is False  # only the first span
+    assert evidence_complete([9.8, 19.9], spans, tolerance_s=0.25) is True
+    assert evidence_complete([5.0], [[5.0, 5.0]]) is True  # a point annotation
+    assert evidence_complete([1.0], None) is None and evidence_complete([1.0], []) is None
+
+
 def _preds(rows: list[tuple[str, str, bool, bool | None]]) -> pd.DataFrame:
     return pd.DataFrame([
         {"qid": q, "category": c, "sampler": "s", "budget": 4, "correct": ok, "prediction": "A",
-         "evidence_hit": hit, "visual_tokens": 10, "visual_tokens_answer": 8, "query_source": "generated",
+         "answer_text": "<answer>A</answer>", "evidence_hit": hit, "evidence_complete": hit, "visual_tokens": 10, "visual_tokens_answer": 8, "query_source": "generated",
          "query_parse_ok": True}
         for q, c, ok, hit in rows
     ])
@@ -229,7 +243,9 @@ def test_oracle_selection_takes_evidence_then_pads_uniformly() -> None:
 def test_summarise_gives_every_proportion_its_n_and_interval() -> None:
     preds = _preds([("a", "x", True, True), ("b", "x", False, False), ("c", "y", False, None),
                     ("d", "x", True, True)])
-    preds.loc[1, "prediction"] = None
+    preds.loc[1, "prediction"] = None  # well formed, but names no option
+    preds.loc[1, "answer_text"] = "Seen: a red star. <answer>a green star</answer>"
+    preds.loc[0, "evidence_complete"] = False  # a frame of one target event only
     report = summarise(preds)
     assert report["questions"]["s"]["4"] == 4 and report["confidence"] == 0.95
     assert report["accuracy_ci"]["s"]["4"] == pytest.approx(list(wilson_interval(2, 4)))
@@ -237,6 +253,10 @@ def test_summarise_gives_every_proportion_its_n_and_interval() -> None:
     assert report["evidence_hit_rate_ci"]["s"]["4"] == pytest.approx(list(wilson_interval(2, 3)))
     assert report["answer_parse_rate"]["s"]["4"] == 0.75
     assert report["answer_parse_rate_ci"]["s"]["4"] == pytest.approx(list(wilson_interval(3, 4)))
+    assert report["answer_format_rate"]["s"]["4"] == 1.0
+    assert report["answer_format_rate_ci"]["s"]["4"] == pytest.approx(list(wilson_interval(4, 4)))
+    assert report["evidence_complete_rate"]["s"]["4"] == pytest.approx(1 / 3)
+    assert report["evidence_complete_rate_ci"]["s"]["4"] == pytest.approx(list(wilson_interval(1, 3)))
     assert report["query_parse_n"]["s"]["4"] == 4 and report["query_parse_rate"]["s"]["4"] == 1.0
     assert report["accuracy_per_category"]["s"]["4"] == {"x": pytest.approx(2 / 3), "y": 0.0}
     assert report["questions_per_category"]["s"]["4"] == {"x": 3, "y": 1}

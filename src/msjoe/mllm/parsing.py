@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["OPTION_LETTERS", "QueryParse", "option_letter", "parse_answer", "parse_queries"]
+__all__ = ["OPTION_LETTERS", "QueryParse", "has_answer_tag", "option_letter", "parse_answer", "parse_queries"]
 
 #: Letters used for multiple-choice options; the data contract allows up to 10 options.
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -118,6 +118,21 @@ def _from_content(content: str, n_options: int, options: Sequence[str] | None) -
             if wanted and _clean(option).casefold() == wanted:
                 return OPTION_LETTERS[i]
     return None
+
+
+def has_answer_tag(text: str) -> bool:
+    """Whether ``text`` holds a closed ``<answer>…</answer>`` tag: the reply is well formed.
+
+    A well-formed reply may still name no option (``<answer>a green star</answer>`` when no
+    option says so): that is a wrong answer, not a format failure, and evaluation reports the
+    two apart (``answer_format_rate`` against ``answer_parse_rate``).
+
+    >>> has_answer_tag("Seen: a red star. <answer>a blue circle</answer>")
+    True
+    >>> has_answer_tag("<answer>B")
+    False
+    """
+    return _ANSWER_TAG_RE.search(text) is not None
 
 
 def parse_answer(text: str, n_options: int, *, options: Sequence[str] | None = None) -> str | None:
