@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.config import from_mapping
 from msjoe import episode
 from msjoe.features import FeatureStore, VideoFeatures, feature_key
 from msjoe.mllm.parsing import OPTION_LETTERS, QueryParse
@@ -99,10 +100,7 @@ class PipelineConfig:
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> PipelineConfig:
         """Build from a params mapping; unknown keys fail loudly (a typo must not be ignored)."""
-        known = set(cls.__dataclass_fields__)
-        if extra := set(values) - known:
-            raise ValueError(f"unknown pipeline parameters: {sorted(extra)}")
-        return cls(**values)
+        return from_mapping(cls, values, "pipeline")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,11 @@ class VideoInfo:
 
 
 def sha256_file(path: Path) -> str:
-    """Content hash: caches (features, service) are keyed by it, never by the path."""
+    """SHA-256 hex digest of a file's bytes, read in chunks so a large video fits in memory.
+
+    The one content hash of the project: feature caches, the service and the metadata store
+    key files by it, never by their path.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):

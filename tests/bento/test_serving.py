@@ -40,9 +40,9 @@ def test_release_config_round_trips_and_rejects_typos() -> None:
     cfg = ReleaseConfig.from_mapping(release_config(max_upload_bytes=1234))
     assert cfg.limits.max_upload_bytes == 1234 and cfg.pipeline.max_candidates == 32
     assert ReleaseConfig.from_mapping(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match="unknown release config keys"):
+    with pytest.raises(ValueError, match="unknown release config parameters"):
         ReleaseConfig.from_mapping({"budget": 8})
-    with pytest.raises(ValueError, match="unknown serving limit keys"):
+    with pytest.raises(ValueError, match="unknown serving limit parameters"):
         ReleaseConfig.from_mapping({"limits": {"max_upload_mb": 1}})
     with pytest.raises(ValueError, match="unknown pipeline parameters"):
         ReleaseConfig.from_mapping({"pipeline": {"fsp": 1.0}})

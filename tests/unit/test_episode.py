@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import doctest
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -56,12 +56,13 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.config import from_mapping
 from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.manifest import MLLMManifest, identity_for, write_manifest
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
@@ -212,23 +213,11 @@ class MLLMPretrainConfig:
         """Build from a params.yaml section; nested ``model`` / ``sft`` mappings become their
         dataclasses, unknown keys are an error (a typo must not fall back to a default)."""
         params = dict(params)
-        known = {f.name for f in fields(cls)}
-        if extra := set(params) - known:
-            raise ValueError(f"unknown mllm pre-training parameters: {sorted(extra)}")
         if isinstance(params.get("model"), dict):
-            params["model"] = _dataclass_from(TinyMLLMConfig, params["model"], "model")
+            params["model"] = from_mapping(TinyMLLMConfig, params["model"], "model")
         if isinstance(params.get("sft"), dict):
-            sft = {**asdict(cls().sft), **params["sft"]}
-            sft["betas"] = tuple(sft["betas"])
-            params["sft"] = _dataclass_from(SFTConfig, sft, "sft")
-        return cls(**params)
-
-
-def _dataclass_from(kind: type, values: dict[str, Any], name: str) -> Any:
-    known = {f.name for f in fields(kind)}
-    if extra := set(values) - known:
-        raise ValueError(f"unknown {name} parameters: {sorted(extra)}")
-    return kind(**values)
+            params["sft"] = from_mapping(SFTConfig, {**asdict(cls().sft), **params["sft"]}, "sft")
+        return from_mapping(cls, params, "mllm pre-training")
 
 
 # --------------------------------------------------------------------------------------------

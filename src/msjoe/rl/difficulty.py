@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.config import from_mapping
 from msjoe.episode import is_correct, uniform_positions
 from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, step_seed
 
@@ -55,10 +56,7 @@ class DifficultyConfig:
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> DifficultyConfig:
         """From a params section; unknown keys are an error (a typo must not be ignored)."""
-        known = {f.name for f in fields(cls)}
-        if extra := set(values) - known:
-            raise ValueError(f"unknown difficulty parameters: {sorted(extra)}")
-        return cls(**values)
+        return from_mapping(cls, values, "difficulty")
 
 
 @dataclass

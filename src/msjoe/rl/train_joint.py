@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.config import from_mapping
 from msjoe import episode
 from msjoe.rl.engine import dist_info, ds_overrides
 from msjoe.rl.resources import peak_rss_mb
@@ -43,7 +44,6 @@ from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, query_rollo
 from msjoe.rl.schedule import lr_lambda
 from msjoe.rl.train_sampler import (
     _file_identity,
-    _from_mapping,
     _full_state_dict,
     _resume,
     _run_id,
@@ -126,7 +126,7 @@ class JointTrainConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> JointTrainConfig:
         """From a params section; unknown keys are an error."""
-        return _from_mapping(cls, values, "train_joint")
+        return from_mapping(cls, values, "train_joint")
 
 
 def padded_old_log_probs(results: Sequence[GenerationResult], width: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from msjoe.config import from_mapping
 from msjoe import episode
 from msjoe.rl.engine import dist_info, ds_overrides
 from msjoe.rl.resources import peak_rss_mb
@@ -114,17 +115,7 @@ class SamplerTrainConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SamplerTrainConfig:
         """From a params section; unknown keys are an error."""
-        return _from_mapping(cls, values, "train_sampler")
-
-
-def _from_mapping(kind: type, values: Mapping[str, Any], name: str) -> Any:
-    known = {f.name for f in fields(kind)}
-    if extra := set(values) - known:
-        raise ValueError(f"unknown {name} parameters: {sorted(extra)}")
-    values = dict(values)
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return kind(**values)
+        return from_mapping(cls, values, "train_sampler")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from msjoe.config import from_mapping
 from msjoe.video import VideoInfo
 
-__all__ = ["RequestError", "ServingLimits", "check_video_info", "known_keys", "limits_from_env", "validate_fields"]
+__all__ = ["RequestError", "ServingLimits", "check_video_info", "limits_from_env", "validate_fields"]
 
 _FORM_OVERHEAD = 64 * 1024  # multipart framing + question + options + budget
 
@@ -66,7 +67,7 @@ class ServingLimits:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ServingLimits:
         """Strict: an unknown key is a typo, and a typo must not silently keep a default."""
-        return cls(**known_keys(cls, values, "serving limit"))
+        return from_mapping(cls, values, "serving limit")
 
 
 def limits_from_env(limits: ServingLimits, environ: Mapping[str, str]) -> ServingLimits:
@@ -86,14 +87,6 @@ def limits_from_env(limits: ServingLimits, environ: Mapping[str, str]) -> Servin
         except ValueError:
             raise ValueError(f"MSJOE_LIMIT_{f.name.upper()}={raw!r} is not a valid {caster.__name__}") from None
     return replace(limits, **changes) if changes else limits
-
-
-def known_keys(kind: type, values: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``values`` as a dict, or a ValueError naming the keys ``kind`` (a dataclass) lacks."""
-    names = {f.name for f in fields(kind)}
-    if extra := set(values) - names:
-        raise ValueError(f"unknown {what} keys: {sorted(extra)}")
-    return dict(values)
 
 
 class RequestError(Exception):

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from msjoe.config import from_mapping
 from msjoe.pipeline import PipelineConfig
-from msjoe.serving.limits import ServingLimits, known_keys
+from msjoe.serving.limits import ServingLimits
 from msjoe.video import sha256_file
 
 if TYPE_CHECKING:
@@ -76,14 +77,14 @@ class ReleaseConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> ReleaseConfig:
         """From ``{"pipeline": {...}, "sampler": ..., "sampler_params": {...},
         "default_budget": K, "limits": {...}}``; every key optional, unknown keys fail."""
-        data = known_keys(cls, values, "release config")
+        data = dict(values)
         if "pipeline" in data and not isinstance(data["pipeline"], PipelineConfig):
             data["pipeline"] = PipelineConfig.from_mapping(dict(data["pipeline"] or {}))
         if "limits" in data and not isinstance(data["limits"], ServingLimits):
             data["limits"] = ServingLimits.from_mapping(dict(data["limits"] or {}))
         if "sampler_params" in data:
             data["sampler_params"] = dict(data["sampler_params"] or {})
-        return cls(**data)
+        return from_mapping(cls, data, "release config")
 
 
 def read_release_config(directory: Path) -> ReleaseConfig:

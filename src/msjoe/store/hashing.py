@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-_CHUNK = 1 << 20
+from msjoe.video import sha256_file
+
+__all__ = ["canonical_json", "plain", "sha256_file", "sha256_json", "sha256_path"]
 
 
 def plain(value: Any) -> Any:
@@ -50,15 +52,6 @@ def canonical_json(value: Any) -> str:
 def sha256_json(value: Any) -> str:
     """SHA-256 hex digest of :func:`canonical_json` of ``value``."""
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes, read in chunks so large videos fit in memory."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_path(path: Path) -> str:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from msjoe.config import from_mapping
 from msjoe.world.vocab import SHAPES
 
 FAMILIES: tuple[str, ...] = ("attribute", "order", "count", "first_last")
@@ -88,11 +89,7 @@ class WorldConfig:
     def from_mapping(cls, params: Mapping[str, Any]) -> WorldConfig:
         """Build a config from a plain mapping (a params.yaml section); unknown keys are an
         error so a typo does not silently fall back to a default."""
-        known = {f.name for f in fields(cls)}
-        extra = set(params) - known
-        if extra:
-            raise ValueError(f"unknown world parameters: {sorted(extra)}")
-        return cls(**dict(params))
+        return from_mapping(cls, params, "world")
 
     @property
     def duration_s(self) -> float:

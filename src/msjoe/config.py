@@ -1,0 +1,47 @@
+"""One strict way to build a settings dataclass from a plain mapping (a params.yaml section,
+a release's JSON, a saved report).
+
+Why strict: a misspelt key that silently kept its default would run a different experiment
+than the one written down, so every unknown key is an error that names it. YAML and JSON have
+no tuples, so a list given for a field whose default is a tuple becomes a tuple (``betas``),
+keeping the config hashable and its ``asdict`` stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
+from typing import Any, TypeVar
+
+__all__ = ["from_mapping"]
+
+T = TypeVar("T")
+
+
+def from_mapping(kind: type[T], values: Mapping[str, Any], what: str) -> T:
+    """``kind(**values)``, or a ValueError naming the keys ``kind`` does not have.
+
+    ``what`` names the settings in the message (``"train_joint"`` gives "unknown train_joint
+    parameters: [...]").
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Opt:
+    ...     lr: float = 1e-3
+    ...     betas: tuple = (0.9, 0.999)
+    >>> from_mapping(Opt, {"betas": [0.8, 0.9]}, "optimiser")
+    Opt(lr=0.001, betas=(0.8, 0.9))
+    >>> from_mapping(Opt, {"learning_rate": 1.0}, "optimiser")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown optimiser parameters: ['learning_rate']
+    """
+    declared = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
+    if extra := set(values) - set(declared):
+        raise ValueError(f"unknown {what} parameters: {sorted(extra)}")
+    data = dict(values)
+    for name, value in data.items():
+        default = declared[name].default
+        if isinstance(value, list) and default is not MISSING and isinstance(default, tuple):
+            data[name] = tuple(value)
+    return kind(**data)
