@@ -143,6 +143,27 @@ def db_summary(url: Annotated[Optional[str], typer.Option(help="Database URL.")]
     _print_json(summary(url or database_url()))
 
 
+@app.command("diagnose-world")
+def diagnose_world(
+    predictions: Annotated[Path, typer.Option(exists=True, help="evaluate's per-question predictions.")] = Path(
+        "reports/predictions.parquet"
+    ),
+    questions: Annotated[Path, typer.Option(exists=True, help="ingest's questions table.")] = Path(
+        "data/ingest/questions.parquet"
+    ),
+    world: Annotated[Path, typer.Option(exists=True, file_okay=False, help="The demo world (events.jsonl).")] = Path(
+        "data/world"
+    ),
+    budget: Annotated[int, typer.Option(min=1, help="Frame budget K to diagnose.")] = 8,
+) -> None:
+    """Split each demo-world answer into frames, perception and reasoning: which step fails."""
+    import pandas as pd
+
+    from msjoe.world.diagnose import diagnose, load_events
+
+    _print_json(diagnose(pd.read_parquet(predictions), pd.read_parquet(questions), load_events(world), budget))
+
+
 @app.command()
 def ask(
     video: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A video file decord can read.")],

@@ -1,0 +1,130 @@
+"""Why answers on the demo world are wrong: what the frames showed, what the model said it
+saw, and what its own list implies.
+
+The demo MLLM's reply lists the events it sees (``Seen: a red star, a blue circle.``) before its
+answer, and the world knows which event every frame shows, so each evaluated answer can be
+split into the three steps that must all go right:
+
+1. **Frames**: do the selected frames show every event the question is about
+   (``complete``)? How many distinct events do they show (``events_shown``)?
+2. **Perception**: is the reply's list, read as distinct events in order, exactly the events
+   shown (``list_exact``)?
+3. **Reasoning**: is the chosen option the one the model's own list implies
+   (``follows_list``, :func:`msjoe.world.reasoning.implied_option`; counted where the list
+   implies an option)?
+
+Run it on an evaluation's predictions (``msjoe diagnose-world``) to see which step limits a
+sampler: a sampler can only help through step 1, and steps 2-3 cap what it can gain.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from msjoe.world.reasoning import implied_option
+
+__all__ = ["diagnose", "load_events", "seen_list", "shown_events"]
+
+_SEEN = re.compile(r"Seen:\s*(.*?)\.\s*<answer>", re.DOTALL)
+_NOTHING = "nothing"
+
+
+def load_events(world_dir: Path) -> dict[str, list[tuple[int, int, str]]]:
+    """``video id -> [(start_frame, end_frame, caption), ...]`` in time order (``events.jsonl``)."""
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for line in (Path(world_dir) / "events.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            out[row["video_id"]] = sorted(
+                (int(e["start_frame"]), int(e["end_frame"]), str(e["caption"])) for e in row["events"]
+            )
+    return out
+
+
+def shown_events(events: Sequence[tuple[int, int, str]], frames: Sequence[int]) -> list[str]:
+    """Captions of the events some frame in ``frames`` shows, each event once, in time order.
+
+    >>> shown_events([(0, 2, "a red star"), (5, 6, "a blue circle")], [1, 2, 9])
+    ['a red star']
+    """
+    chosen = [int(f) for f in frames]
+    return [caption for start, end, caption in events if any(start <= f <= end for f in chosen)]
+
+
+def seen_list(reply: str) -> list[str] | None:
+    """The reply's ``Seen:`` list as distinct entries in order; None when the reply has none.
+
+    The model names an event once per frame that shows it, so repeats are merged.
+
+    >>> seen_list("Seen: a red star, a red star, a blue circle. <answer>blue</answer>")
+    ['a red star', 'a blue circle']
+    >>> seen_list("Seen: nothing. <answer>3</answer>")
+    []
+    >>> seen_list("<answer>B</answer>") is None
+    True
+    """
+    match = _SEEN.search(reply or "")
+    if match is None:
+        return None
+    items = [s.strip() for s in match.group(1).split(",") if s.strip()]
+    return [] if items == [_NOTHING] else list(dict.fromkeys(items))
+
+
+def _rate(values: pd.Series) -> float | None:
+    values = values.dropna()
+    return round(float(values.astype(bool).mean()), 4) if len(values) else None
+
+
+def diagnose(
+    predictions: pd.DataFrame, questions: pd.DataFrame, events: Mapping[str, Sequence[tuple[int, int, str]]], budget: int
+) -> dict[str, Any]:
+    """Per sampler at ``budget`` (and per number of events shown): accuracy, evidence
+    completeness, events shown, list exactness and how often the answer follows the list.
+
+    ``predictions``: evaluate's per-question table (qid, video, sampler, budget, frames,
+    answer_text, correct, prediction, evidence_complete); ``questions``: ingest's table (qid,
+    question, options).
+    """
+    rows = predictions[predictions["budget"].astype(int) == int(budget)]
+    if rows.empty:
+        raise ValueError(f"no predictions at budget {budget}")
+    by_qid = questions.set_index("qid")
+    records = []
+    for row in rows.itertuples(index=False):
+        shown = shown_events(events.get(Path(row.video).stem, []), row.frames)
+        listed = seen_list(row.answer_text)
+        q = by_qid.loc[row.qid]
+        implied = implied_option(q["question"], list(q["options"]), listed) if listed is not None else None
+        records.append({
+            "sampler": row.sampler,
+            "correct": bool(row.correct),
+            "complete": getattr(row, "evidence_complete", None),
+            "events_shown": len(shown),
+            "list_exact": None if listed is None else listed == shown,
+            "follows_list": None if implied is None else row.prediction == "ABCDEFGHIJ"[implied],
+        })
+    table = pd.DataFrame.from_records(records)
+
+    def summary(group: pd.DataFrame) -> dict[str, Any]:
+        return {
+            "n": int(len(group)),
+            "accuracy": _rate(group["correct"]),
+            "evidence_complete": _rate(group["complete"]),
+            "events_shown": round(float(np.mean(group["events_shown"])), 3),
+            "list_exact": _rate(group["list_exact"]),
+            "follows_list": _rate(group["follows_list"]),
+            "follows_list_n": int(group["follows_list"].notna().sum()),
+        }
+
+    return {
+        "budget": int(budget),
+        "samplers": {str(s): summary(g) for s, g in table.groupby("sampler", sort=True)},
+        "by_events_shown": {str(int(k)): summary(g) for k, g in table.groupby("events_shown", sort=True)},
+    }

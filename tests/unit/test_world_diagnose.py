@@ -1,0 +1,60 @@
+"""The demo-world diagnosis splits each answer into frames, perception and reasoning."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from msjoe.world import diagnose as diagnose_module
+from msjoe.world.diagnose import diagnose, load_events
+
+EVENTS = {"v": [(10, 12, "a red star"), (30, 31, "a blue circle"), (50, 52, "a red square")]}
+QUESTIONS = pd.DataFrame([
+    {"qid": "q1", "question": "What appeared right after the red star?",
+     "options": ["a red square", "a blue circle", "a blue star", "a red circle"]},
+    {"qid": "q2", "question": "How many stars appeared?", "options": ["0", "1", "2", "3"]},
+])
+
+
+def _row(qid: str, sampler: str, frames: list[int], reply: str, prediction: str | None, correct: bool) -> dict:
+    return {"qid": qid, "video": "videos/eval/v.mp4", "sampler": sampler, "budget": 4, "frames": frames,
+            "answer_text": reply, "prediction": prediction, "correct": correct, "evidence_complete": None}
+
+
+def test_doctests_pass() -> None:
+    assert doctest.testmod(diagnose_module).failed == 0
+
+
+def test_each_step_is_told_apart() -> None:
+    predictions = pd.DataFrame([
+        # frames show the star and the circle; the list is right, the answer follows it
+        _row("q1", "good", [11, 11, 30, 70], "Seen: a red star, a red star, a blue circle. <answer>a blue circle</answer>",
+             "B", True),
+        # same frames, list right, but the answer does not follow it (a reasoning failure)
+        _row("q1", "bad", [11, 30, 70, 71], "Seen: a red star, a blue circle. <answer>a red square</answer>", "A", False),
+        # frames show only the star: the list is right and implies no option after the star
+        _row("q2", "good", [11, 70, 71, 72], "Seen: a red star. <answer>1</answer>", "B", True),
+        # frames show the star and the square, the list misses the square (a perception failure)
+        _row("q2", "bad", [11, 51, 70, 71], "Seen: a red star. <answer>1</answer>", "B", True),
+        _row("q2", "bad", [11, 51, 70, 71], "no list here", None, False),
+    ])
+    predictions.loc[0, "evidence_complete"] = True
+    predictions.loc[1, "evidence_complete"] = True
+    report = diagnose(predictions, QUESTIONS, EVENTS, budget=4)
+    good, bad = report["samplers"]["good"], report["samplers"]["bad"]
+    assert good == {"n": 2, "accuracy": 1.0, "evidence_complete": 1.0, "events_shown": 1.5, "list_exact": 1.0,
+                    "follows_list": 1.0, "follows_list_n": 2}
+    assert bad["n"] == 3 and bad["events_shown"] == 2.0
+    assert bad["list_exact"] == 0.5  # one right list, one that missed the square, one reply without a list
+    assert bad["follows_list"] == 0.5 and bad["follows_list_n"] == 2
+    assert report["by_events_shown"]["1"]["n"] == 1 and report["by_events_shown"]["2"]["n"] == 4
+
+
+def test_events_are_read_from_the_world(tmp_path: Path) -> None:
+    rows = [{"video_id": "v", "events": [{"start_frame": 30, "end_frame": 31, "caption": "a blue circle"},
+                                         {"start_frame": 10, "end_frame": 12, "caption": "a red star"}]}]
+    (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert load_events(tmp_path) == {"v": [(10, 12, "a red star"), (30, 31, "a blue circle")]}
