@@ -134,11 +134,12 @@ class MLLMPretrainConfig:
     ``reasoning_steps`` steps (batch ``reasoning_batch_size``, 0 steps: off, the shipped
     model's setting) of :func:`reasoning_examples` (``reasoning_sets`` per training question:
     text-only answer turns whose ``Seen:`` list is given and only the answer after it is
-    scored) mixed with both turns' image examples. Measured from the shipped model: 2000
-    steps of batch 8 (a third of them text-only) did not move the answer's accuracy; 1500
-    steps of batch 64 of text-only examples alone raised held-out reading of a given list
-    from 0.31 to 0.51 but made the model end every reply at once (nothing scored its first
-    token), hence the mix; the mixed run at batch 64 is untested.
+    scored) mixed with both turns' image examples. Measured from the shipped model, on the
+    pre-training world's held-out questions: 2000 steps of batch 8 (a third of them
+    text-only) lowered accuracy on evidence frames from 0.375 to 0.315; 1500 steps of batch
+    64 of text-only examples alone raised the reading of a given list from 0.31 to 0.51 but
+    made the model end every reply at once (nothing scored its first token), hence the mix;
+    the mixed run at batch 64 is untested.
 
     ``eval_questions``: cap on evaluated EVAL questions (None: all; 0: skip evaluation).
     """
