@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from msjoe.store.dvc_lock import lock_entries
+
 #: Lines of DVC output kept for error messages.
 TAIL_LINES = 40
 
@@ -224,19 +226,6 @@ def downstream_of(stages: Sequence[StageSpec], names: Iterable[str]) -> set[str]
                 closed.add(name)
                 changed = True
     return closed
-
-
-def lock_entries(root: Path) -> dict[str, Any]:
-    """Every stage's ``dvc.lock`` entry (``{}`` before any stage succeeded): what DVC knows
-    about the last successful run of each stage. The flows' one reader of ``dvc.lock``."""
-    import yaml
-
-    path = Path(root) / "dvc.lock"
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    stages = data.get("stages") if isinstance(data, Mapping) else None
-    return dict(stages) if isinstance(stages, Mapping) else {}
 
 
 def changed_stages(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flows.dvc_stages import StageSpec, lock_entries
+from flows.dvc_stages import StageSpec
 from flows.metrics_report import evaluation_cells, grid_metrics, read_json_metrics
 from flows.promotion import GateConfig, GateDecision
 
@@ -40,18 +40,10 @@ def read_params(root: Path) -> dict[str, Any]:
 
 def lock_entry(root: Path, stage: str) -> Mapping[str, Any] | None:
     """The ``dvc.lock`` entry of ``stage`` (None before the stage first succeeded)."""
+    from msjoe.store.dvc_lock import lock_entries
+
     entry = lock_entries(root).get(stage)
     return entry if isinstance(entry, Mapping) else None
-
-
-def _hash_map(entries: Any) -> dict[str, str | None]:
-    """``{path: md5}`` of a dvc.lock deps/outs list (etag/checksum for remote files)."""
-    found: dict[str, str | None] = {}
-    for entry in entries or []:
-        if isinstance(entry, Mapping) and "path" in entry:
-            digest = next((str(entry[k]) for k in ("md5", "etag", "checksum") if entry.get(k)), None)
-            found[str(entry["path"])] = digest
-    return found
 
 
 def stage_fields(root: Path, spec: StageSpec) -> dict[str, Any]:
@@ -61,20 +53,14 @@ def stage_fields(root: Path, spec: StageSpec) -> dict[str, Any]:
     so rows written by a flow and by a rebuild look the same; the stage's timings
     (``reports/timings/<stage>.json``, not a DVC metric) are indexed the same way when present.
     """
-    from msjoe.store import sha256_json
+    from msjoe.store.dvc_lock import stage_fields as lock_fields
     from msjoe.store.rebuild import timings_file
 
     fields: dict[str, Any] = {"cmd": spec.cmd}
     entry = lock_entry(root, spec.name)
     if entry is not None:
-        cmd = entry.get("cmd")
-        fields.update(
-            cmd=" && ".join(map(str, cmd)) if isinstance(cmd, list) else (str(cmd) if cmd else spec.cmd),
-            deps=_hash_map(entry.get("deps")),
-            outs=_hash_map(entry.get("outs")),
-            params=dict(entry.get("params") or {}),
-            lock_hash=sha256_json(entry),
-        )
+        fields.update(lock_fields(entry))
+        fields["cmd"] = fields["cmd"] or spec.cmd
     metrics = read_json_metrics(root, [*spec.metrics, timings_file(spec.name)])
     if metrics:
         fields["metrics"] = metrics

@@ -38,67 +38,65 @@ def main() -> None:
     log = setup("evaluate")
     p = params("evaluate", args.params)
     embed = params("embed", args.params)
-    deterministic(p.get("threads"), int(p.get("seed", 0)))
+    from msjoe.evaluate import EvaluateConfig
+
+    try:
+        cfg = EvaluateConfig.from_mapping(p)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"{args.params}: {err}") from None
+    deterministic(cfg.threads, cfg.seed)
 
     from msjoe.clip.model import load_clip
-    from msjoe.evaluate import ORACLE, accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims
+    from msjoe.evaluate import accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims
     from msjoe.features import FeatureStore
     from msjoe.mllm.manifest import load_prepared_mllm
     from msjoe.pipeline import Pipeline, PipelineConfig, load_sampler
     from msjoe.plots import write_example_figures
 
     questions = pd.read_parquet(args.questions)
-    split = p.get("split")
-    if split not in (None, "all"):
-        questions = questions[questions["split"] == split]
-    if p.get("max_questions"):
-        questions = questions.iloc[: int(p["max_questions"])]
+    if cfg.split not in (None, "all"):
+        questions = questions[questions["split"] == cfg.split]
+    if cfg.max_questions:
+        questions = questions.iloc[: cfg.max_questions]
     if questions.empty:
-        raise SystemExit(f"{args.questions} has no questions in split {split!r}")
+        raise SystemExit(f"{args.questions} has no questions in split {cfg.split!r}")
 
-    budgets = p.get("budgets", [4, 8, 16])
-    specs = p.get("samplers") or {}
-    labels = list(specs) + ([ORACLE] if p.get("oracle", True) else [])
+    budgets = list(cfg.budgets)
     try:  # a claim about something not evaluated fails now, not after the whole grid
-        claims = parse_claims(p.get("claims"), budgets, labels)
+        claims = parse_claims(cfg.claims, budgets, cfg.labels)
     except ValueError as err:
         raise SystemExit(f"evaluate.claims: {err}") from None
 
-    cfg = PipelineConfig.from_mapping(
-        {"fps": embed["fps"], "max_candidates": embed["max_candidates"], "seed": p.get("seed", 0),
-         **(p.get("pipeline") or {})}
+    pipeline_cfg = PipelineConfig.from_mapping(
+        {"fps": embed["fps"], "max_candidates": embed["max_candidates"], "seed": cfg.seed, **cfg.pipeline}
     )
     mllms = dict(spec.split("=", 1) if "=" in spec else ("base", spec) for spec in args.mllm)
     default = next(iter(mllms))
     groups: dict[str, dict] = {name: {} for name in mllms}
-    overrides = {label: spec.get("queries") for label, spec in specs.items()}
-    for label, spec in specs.items():
-        name = spec.get("mllm", default)
+    for label, spec in cfg.samplers.items():
+        name = spec.mllm or default
         if name not in mllms:
             raise SystemExit(f"sampler {label}: unknown mllm {name!r}; given: {', '.join(mllms)}")
-        groups[name][label] = load_sampler(spec["name"], spec.get("params"))
-    device = p.get("device", "cpu")
-    clip = load_clip(args.clip, device=device)
+        groups[name][label] = load_sampler(spec.name, spec.params)
+    clip = load_clip(args.clip, device=cfg.device)
     results = []
     for name, samplers in groups.items():
         if not samplers:
             continue
-        pipeline = Pipeline(clip, load_prepared_mllm(Path(mllms[name]), device=device),
-                            next(iter(samplers.values())), FeatureStore(args.features), cfg)
+        pipeline = Pipeline(clip, load_prepared_mllm(Path(mllms[name]), device=cfg.device),
+                            next(iter(samplers.values())), FeatureStore(args.features), pipeline_cfg)
         results.append(evaluate(
             questions, args.video_root, pipeline, samplers, budgets,
-            oracle=bool(p.get("oracle", True)) and name == default, benchmark=p.get("benchmark"),
-            n_examples=int(p.get("n_example_figures", 0)) if name == default else 0,
-            evidence_tolerance_s=float(p.get("evidence_tolerance_s", 0.0)),
-            queries={label: overrides[label] for label in samplers},
+            oracle=cfg.oracle and name == default, benchmark=cfg.benchmark,
+            n_examples=cfg.n_example_figures if name == default else 0,
+            evidence_tolerance_s=cfg.evidence_tolerance_s,
+            queries={label: cfg.samplers[label].queries for label in samplers},
         ))
-    result = merge_results(results, p.get("benchmark"))
+    result = merge_results(results, cfg.benchmark)
     timings = result.report.pop("timings", {})
     write_timings("evaluate", timings)
-    report = {**result.report, "split": split, "questions_file": str(args.questions), "params": p}
-    report["claims"] = claims_report(
-        result.predictions, claims, resamples=int(p.get("bootstrap_resamples", 10_000)), seed=int(p.get("seed", 0))
-    )
+    report = {**result.report, "split": cfg.split, "questions_file": str(args.questions), "params": p}
+    report["claims"] = claims_report(result.predictions, claims, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     write_report(args.out, report)
 
     args.predictions.parent.mkdir(parents=True, exist_ok=True)

@@ -159,7 +159,8 @@ def diagnose_world(
     """Split each demo-world answer into frames, perception and reasoning: which step fails."""
     import pandas as pd
 
-    from msjoe.world.diagnose import diagnose, load_events
+    from msjoe.world.diagnose import diagnose
+    from msjoe.world.events import load_events
 
     _print_json(diagnose(pd.read_parquet(predictions), pd.read_parquet(questions), load_events(world), budget))
 

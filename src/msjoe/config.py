@@ -9,7 +9,7 @@ keeping the config hashable and its ``asdict`` stable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields
 from typing import Any, TypeVar
 
@@ -18,11 +18,15 @@ __all__ = ["from_mapping"]
 T = TypeVar("T")
 
 
-def from_mapping(kind: type[T], values: Mapping[str, Any], what: str) -> T:
+def from_mapping(
+    kind: type[T], values: Mapping[str, Any], what: str, nested: Mapping[str, Callable[[Any], Any]] | None = None
+) -> T:
     """``kind(**values)``, or a ValueError naming the keys ``kind`` does not have.
 
     ``what`` names the settings in the message (``"train_joint"`` gives "unknown train_joint
-    parameters: [...]").
+    parameters: [...]"). ``nested`` maps a field to the function that builds its value (a
+    nested settings class's ``from_mapping``); it runs only after this level's keys passed, so
+    a typo is reported at the level where it is.
 
     >>> from dataclasses import dataclass
     >>> @dataclass
@@ -42,6 +46,8 @@ def from_mapping(kind: type[T], values: Mapping[str, Any], what: str) -> T:
     data = dict(values)
     for name, value in data.items():
         default = declared[name].default
-        if isinstance(value, list) and default is not MISSING and isinstance(default, tuple):
+        if name in (nested or {}):
+            data[name] = nested[name](value)  # type: ignore[index]
+        elif isinstance(value, list) and default is not MISSING and isinstance(default, tuple):
             data[name] = tuple(value)
     return kind(**data)

@@ -63,6 +63,8 @@ __all__ = [
     "QUERY_MODES",
     "Claim",
     "EvalResult",
+    "EvaluateConfig",
+    "SamplerSpec",
     "accuracy_plot_rows",
     "ExampleTrace",
     "claims_report",
@@ -83,6 +85,80 @@ ORACLE = "oracle"
 QUERY_MODES = ("none", "question", "generated")
 CLAIM_KINDS = ("superior", "noninferior")
 CONFIDENCE = 0.95
+
+
+# ------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One row of the evaluation table (``evaluate.samplers.<label>``).
+
+    ``name``: a registered sampler (:func:`msjoe.pipeline.load_sampler`) with its ``params``;
+    ``queries``: where its similarity rows come from (one of :data:`QUERY_MODES`; None: the
+    pipeline's choice for that sampler); ``mllm``: which of the stage's MLLMs answers (None: the
+    first one given).
+    """
+
+    name: str
+    params: dict[str, Any] | None = None
+    queries: str | None = None
+    mllm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.queries is not None and self.queries not in QUERY_MODES:
+            raise ValueError(f"queries must be one of {QUERY_MODES}, got {self.queries!r}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation's settings (params.yaml ``evaluate``); unknown keys are an error.
+
+    ``split``: the questions' split to evaluate (``all``/None: every row); ``max_questions``: the
+    first N of them (a quick look); ``budgets``: the frame budgets K; ``samplers``: label ->
+    :class:`SamplerSpec`; ``oracle``: add the evidence oracle row (where evidence exists);
+    ``claims``: paired tests (:func:`parse_claims`) with ``bootstrap_resamples`` seeded by
+    ``seed``; ``benchmark``: add that benchmark's official scores; ``pipeline``:
+    :class:`~msjoe.pipeline.PipelineConfig` fields (fps and candidates come from ``embed``);
+    ``threads``/``device``: where the models run.
+    """
+
+    split: str | None = "eval"
+    max_questions: int | None = None
+    budgets: tuple[int, ...] = (4, 8, 16)
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
+    oracle: bool = True
+    claims: tuple[Mapping[str, Any], ...] = ()
+    bootstrap_resamples: int = 10_000
+    benchmark: str | None = None
+    n_example_figures: int = 0
+    evidence_tolerance_s: float = 0.0
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.budgets or min(self.budgets) < 1:
+            raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
+        official.check_benchmark(self.benchmark)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> EvaluateConfig:
+        """From the params section: every sampler entry is checked as strictly as the section."""
+        from msjoe.config import from_mapping
+
+        def samplers(specs: Mapping[str, Any] | None) -> dict[str, SamplerSpec]:
+            return {label: from_mapping(SamplerSpec, spec or {}, f"evaluate.samplers.{label}")
+                    for label, spec in (specs or {}).items()}
+
+        return from_mapping(cls, values, "evaluate",
+                            nested={"samplers": samplers, "pipeline": lambda value: dict(value or {})})
+
+    @property
+    def labels(self) -> list[str]:
+        """Every row label, the oracle last when it runs."""
+        return list(self.samplers) + ([ORACLE] if self.oracle else [])
 
 
 # ------------------------------------------------------------------------------ pure metrics

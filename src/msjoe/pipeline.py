@@ -532,43 +532,16 @@ def load_sampler(name: str, params: dict[str, Any] | None = None) -> FrameSample
     """A sampler by registry name; for ``msjoe`` a checkpoint (``checkpoint: path``) or a
     seeded fresh network (``seed``, ``config: tiny | {UNetConfig fields}``) is built first.
 
-    A checkpoint is a ``torch.save`` dict with ``state_dict`` and ``config`` (UNetConfig fields),
-    or a bare state dict used with ``config``.
+    The checkpoint format is :func:`msjoe.sampling.unet.new_unet`'s.
     """
     from msjoe.sampling.registry import build_sampler
 
     params = dict(params or {})
     if name != "msjoe":
         return build_sampler(name, **params)
-    import torch
+    from msjoe.sampling.unet import new_unet
 
-    from msjoe.sampling.unet import UNetConfig, UNetSampler
-
-    checkpoint = params.pop("checkpoint", None)
-    config = params.pop("config", "tiny")
-    seed = int(params.pop("seed", 0))
-    state = None
-    if checkpoint is not None:
-        loaded = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-        if isinstance(loaded, dict) and "state_dict" in loaded:
-            state = loaded["state_dict"]
-            config = loaded.get("config", config)
-        else:
-            state = loaded
-    if config == "tiny":
-        unet_cfg = UNetConfig.tiny()
-    elif config in (None, "default"):
-        unet_cfg = UNetConfig()
-    else:
-        values = dict(config)
-        if "channel_mult" in values:
-            values["channel_mult"] = tuple(values["channel_mult"])
-        unet_cfg = UNetConfig(**values)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = UNetSampler(unet_cfg)
-    if state is not None:
-        model.load_state_dict(state)
+    model = new_unet(params.pop("config", "tiny"), int(params.pop("seed", 0)), params.pop("checkpoint", None))
     model.eval()
     return build_sampler("msjoe", model=model, **params)
 

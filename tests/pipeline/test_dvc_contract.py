@@ -61,7 +61,7 @@ def _imported_names(path: Path) -> set[str]:
 
 
 def _code_closure(script: str) -> set[str]:
-    """Repository files a stage script runs: itself, ``stages/_common.py`` when imported, and
+    """Repository files a stage script runs: itself, the ``stages/`` modules it imports, and
     every ``msjoe`` module reachable through imports (each package's ``__init__`` included)."""
     seen: set[Path] = set()
     todo = [ROOT / script]
@@ -72,8 +72,9 @@ def _code_closure(script: str) -> set[str]:
         seen.add(path)
         for name in _imported_names(path):
             parts = name.split(".")
-            if parts[0] == "_common":
-                todo.append(ROOT / "stages" / "_common.py")
+            local = parts[1] if parts[0] == "stages" and len(parts) > 1 else parts[0]
+            if (ROOT / "stages" / f"{local}.py").is_file():  # a stage's own helpers (_common, _rl)
+                todo.append(ROOT / "stages" / f"{local}.py")
             elif parts[0] == "msjoe":
                 todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
     return {str(p.relative_to(ROOT)) for p in seen}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,7 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MSJOE_LOG_LEVEL": "WARNING",
+    env = {**without_launcher_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MSJOE_LOG_LEVEL": "WARNING",
            "BENTOML_HOME": str(cwd / ".bentoml"), "MSJOE_DB_URL": f"sqlite:///{cwd / 'msjoe.db'}"}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

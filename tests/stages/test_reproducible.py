@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +25,10 @@ import pytest
 import yaml
 
 from stages._common import run_dependent_keys
+from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 TINY_PIPELINE = {"preview_size": 16, "answer_size": 16, "max_new_tokens": 4, "query_max_new_tokens": 8,
                  "batch_size": 8}
 PARAMS = {
@@ -99,7 +98,7 @@ def _inputs(root: Path) -> Path:
 
 
 def _run_chain(checkout: Path, extra_env: dict[str, str]) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    env = without_launcher_env()
     env.update({"MSJOE_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)})
     if _has_cuda():

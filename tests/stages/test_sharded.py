@@ -4,7 +4,6 @@ for bit, and a sharded rerun after a partial run embeds only what is missing."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import yaml
 from msjoe.video import probe_video, sha256_file
 from tests.media import write_video
 from tests.models import write_random_clip
+from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBED = {"fps": 2.0, "max_candidates": 10, "batch_size": 4, "chunk_frames": 4, "decode_workers": 0,
@@ -45,7 +45,7 @@ def _embed(work: Path, out: str, processes: int) -> dict:
     args = [str(ROOT / "stages" / "embed.py"), "--videos", "videos.parquet", "--video-root", "videos",
             "--clip", "clip", "--out", out, "--report", f"{out}.json", "--params", "params.yaml"]
     command = (launcher if processes > 1 else [sys.executable]) + args
-    env = {**os.environ, "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return json.loads((work / f"{out}.json").read_text())

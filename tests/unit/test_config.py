@@ -6,7 +6,10 @@ import doctest
 
 import pytest
 
+import yaml
+
 from msjoe import config
+from msjoe.evaluate import EvaluateConfig
 from msjoe.mllm.pretrain import MLLMPretrainConfig
 from msjoe.pipeline import PipelineConfig
 from msjoe.rl.difficulty import DifficultyConfig
@@ -32,6 +35,7 @@ def test_doctests_pass() -> None:
         (JointTrainConfig, "train_joint"),
         (ServingLimits, "serving limit"),
         (ReleaseConfig, "release config"),
+        (EvaluateConfig, "evaluate"),
     ],
 )
 def test_a_misspelt_key_is_named_not_ignored(kind: type, what: str) -> None:
@@ -47,3 +51,32 @@ def test_lists_from_yaml_become_the_tuples_the_defaults_are() -> None:
     assert pretrain.sft.betas == (0.9, 0.9) and pretrain.sft.max_steps == 3 and pretrain.model.num_layers == 1
     with pytest.raises(ValueError, match=r"unknown sft parameters: \['steps'\]"):
         MLLMPretrainConfig.from_mapping({"sft": {"steps": 3}})
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "benchmark_eval/params.yaml"])
+def test_the_shipped_evaluate_sections_are_valid(params_file: str) -> None:
+    section = yaml.safe_load(open(params_file))["evaluate"]
+    cfg = EvaluateConfig.from_mapping(section)
+    assert list(cfg.samplers) == list(section["samplers"])
+    assert cfg.budgets == tuple(section["budgets"]) and cfg.labels[-1] == "oracle"
+
+
+def test_evaluate_checks_every_sampler_entry_as_strictly() -> None:
+    cfg = EvaluateConfig.from_mapping({"samplers": {"aks_gen": {"name": "aks", "params": {"max_depth": 5},
+                                                                "queries": "generated"}}, "oracle": False})
+    assert cfg.samplers["aks_gen"].queries == "generated" and cfg.labels == ["aks_gen"]
+    with pytest.raises(ValueError, match=r"unknown evaluate.samplers.aks parameters: \['query'\]"):
+        EvaluateConfig.from_mapping({"samplers": {"aks": {"name": "aks", "query": "generated"}}})
+    with pytest.raises(ValueError, match="queries must be one of"):
+        EvaluateConfig.from_mapping({"samplers": {"aks": {"name": "aks", "queries": "generatd"}}})
+    with pytest.raises(ValueError, match="unknown benchmark 'videome'"):
+        EvaluateConfig.from_mapping({"benchmark": "videome"})
+
+
+def test_a_typo_is_named_at_its_own_level_before_nested_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown release config parameters: \['limts'\]"):
+        ReleaseConfig.from_mapping({"limts": {}, "pipeline": {"n_querys": 2}})
+    with pytest.raises(ValueError, match=r"unknown pipeline parameters: \['n_querys'\]"):
+        ReleaseConfig.from_mapping({"pipeline": {"n_querys": 2}})
+    with pytest.raises(ValueError, match=r"unknown evaluate parameters: \['budget'\]"):
+        EvaluateConfig.from_mapping({"budget": 8, "samplers": {"u": {"nam": "uniform"}}})

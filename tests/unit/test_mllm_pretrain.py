@@ -23,7 +23,7 @@ from msjoe.mllm.demo_base import DemoBaseConfig, VisionPretrainConfig, pretrain_
 from msjoe.mllm.load import load_mllm
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import build_answer_messages
-from msjoe.mllm.pretrain import MLLMPretrainConfig, WorldVideos, answer_examples, build_corpus, caption_examples, event_runs, evidence_frame_set, load_world_questions, no_evidence_frame_set, prepare_mllm, query_examples, reasoning_examples
+from msjoe.mllm.pretrain import MLLMPretrainConfig, WorldVideos, answer_examples, build_corpus, caption_examples, event_runs, evidence_frame_set, load_world_questions, no_evidence_frame_set, prepare_mllm, query_examples
 from msjoe.mllm.manifest import MANIFEST, identity_for, load_prepared_mllm, read_manifest
 from msjoe.mllm.sft import SFTConfig
 from msjoe.world import WorldConfig, generate_world
@@ -60,8 +60,6 @@ def _config(**overrides: object) -> MLLMPretrainConfig:
         "query_steps": 3,
         "query_batch_size": 4,
         "query_repeats": 1,
-        "reasoning_steps": 2,
-        "reasoning_sets": 1,
         "eval_questions": 2,
         "eval_batch_size": 4,
     }
@@ -200,35 +198,6 @@ def test_letter_format_and_seen_list(world: Path) -> None:
         assert [starts[c] for c in listed] == sorted(starts[c] for c in listed)
 
 
-def test_reasoning_examples_give_the_list_and_score_the_implied_answer(world: Path) -> None:
-    cfg = _config(reasoning_sets=6, no_evidence_ratio=0.3)
-    questions = load_world_questions(world, "train")
-    videos = WorldVideos(world)
-    examples = reasoning_examples(questions, videos, cfg, np.random.default_rng(0))
-    assert len(examples) == 6 * len(questions)
-    repeated = complete = 0
-    for i, example in enumerate(examples):
-        q = questions[i // 6]
-        # text only; the list is the unscored context, the answer after it the target
-        assert not [item for m in example.messages for item in m["content"] if item.get("type") == "image"]
-        assert example.context.startswith("Seen: ") and example.target.startswith(" <answer>")
-        listed = example.context.removeprefix("Seen: ").removesuffix(".").split(", ")
-        distinct = list(dict.fromkeys(listed)) if listed != ["nothing"] else []
-        repeated += len(listed) > len(distinct) and bool(distinct)
-        starts = {e.caption: e.start for e in videos.events(q.video)}
-        assert [starts[c] for c in distinct] == sorted(starts[c] for c in distinct)  # time order
-        implied = implied_option(q.question, q.options, distinct)
-        answer = example.target.removeprefix(" <answer>").removesuffix("</answer>")
-        if implied is not None:
-            assert answer == q.options[implied]
-        else:
-            assert answer in q.options
-        if set(q.target_captions) <= set(distinct):
-            complete += 1
-            assert answer == q.options[OPTION_LETTERS.index(q.answer)]  # the whole evidence: the right answer
-    assert repeated > 0 and 0 < complete < len(examples)
-
-
 def test_caption_examples_describe_their_frame(world: Path) -> None:
     cfg = _config(caption_frames_per_video=6, caption_event_fraction=0.5)
     videos = WorldVideos(world)
@@ -272,7 +241,6 @@ def test_demo_base_command_trains_saves_and_loads_through_the_one_loader(trained
     assert vision["steps"] == 3 and set(vision["held_out_accuracy"]) >= {"shape_frame", "colour_preview"}
     phases = report["phases"]
     assert (phases["caption"]["steps"], phases["query"]["steps"], phases["turns"]["steps"]) == (4, 3, 12)
-    assert phases["reasoning"]["steps"] == 2 and phases["reasoning"]["reasoning_examples"] == report["train_questions"]
     assert report["phases"]["turns"]["final_loss"] < report["phases"]["turns"]["first_loss"]
     assert report["examples"]["answer_with_evidence"] == report["train_questions"]
     ev = report["eval"]

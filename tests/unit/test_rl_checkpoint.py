@@ -21,9 +21,9 @@ from msjoe.rl.checkpoint import (
     save_checkpoint,
     step_dirname,
 )
+from tests.launcher import clear_launcher_env
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 
 
 def net(seed: int) -> nn.Module:
@@ -174,8 +174,7 @@ def ds_process() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        for key in LAUNCHER_VARS:
-            mp.delenv(key, raising=False)
+        clear_launcher_env(mp)
         if torch.cuda.is_available():
             mp.setenv("DS_ACCELERATOR", "cpu")
         yield

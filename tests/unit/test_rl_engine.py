@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from msjoe.rl.engine import AUTO_DEFAULTS, build_engine, ensure_distributed_env, load_ds_config
+from tests.launcher import clear_launcher_env
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "infra" / "deepspeed"
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,7 @@ def ds_process() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
-        for key in LAUNCHER_VARS:
-            mp.delenv(key, raising=False)
+        clear_launcher_env(mp)
         if torch.cuda.is_available():  # keep this CPU test on the CPU even on a GPU machine
             mp.setenv("DS_ACCELERATOR", "cpu")
         yield
@@ -116,8 +115,7 @@ def test_unresolved_auto_and_bad_values_are_errors() -> None:
 
 
 def test_ensure_distributed_env_fills_only_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in LAUNCHER_VARS:
-        monkeypatch.delenv(key, raising=False)
+    clear_launcher_env(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "1")
     changed = ensure_distributed_env()
     assert "WORLD_SIZE" not in changed

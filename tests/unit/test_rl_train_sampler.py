@@ -33,10 +33,10 @@ from msjoe.rl.train_sampler import SamplerTrainConfig, train_sampler
 from msjoe.sampling import build_sampler
 from msjoe.video import sha256_file
 from msjoe.world import WorldConfig, generate_world
+from tests.launcher import clear_launcher_env
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO1 = str(REPO / "infra" / "deepspeed" / "zero1.json")
-LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "DS_ACCELERATOR")
 MLLM_CFG = TinyMLLMConfig(
     vocab_size=400, hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1,
     vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1,
@@ -113,8 +113,7 @@ def make_features(world: Path, clip: FrozenClip, directory: Path) -> pd.DataFram
 
 def ds_env(mp: pytest.MonkeyPatch) -> None:
     """A plain single process: build_engine fills the launcher variables itself (CPU, gloo)."""
-    for key in LAUNCHER_VARS:
-        mp.delenv(key, raising=False)
+    clear_launcher_env(mp)
     if torch.cuda.is_available():
         mp.setenv("DS_ACCELERATOR", "cpu")
 

@@ -541,3 +541,24 @@ def test_content_hashes_are_stable_and_content_sensitive(tmp_path: Path) -> None
     }
     with pytest.raises(FileNotFoundError):
         sha256_path(tmp_path / "absent")
+
+
+def test_one_lock_reader_gives_the_rows_of_rebuild_and_the_flows(tmp_path: Path) -> None:
+    import doctest
+
+    from msjoe.store import dvc_lock
+
+    assert doctest.testmod(dvc_lock).failed == 0
+    assert dvc_lock.read_lock(tmp_path) is None and dvc_lock.lock_entries(tmp_path) == {}
+    (tmp_path / "dvc.lock").write_text("stages: [\n")
+    with pytest.raises(dvc_lock.LockFileError, match="not valid YAML"):
+        dvc_lock.lock_entries(tmp_path)
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  two:\n    cmd: [a, b]\n    deps: [{path: x, md5: m1}]\n"
+        "    outs: [{path: y, md5: m2, size: 3}]\n    params: {params.yaml: {k: 1}}\n"
+    )
+    (entry,) = dvc_lock.lock_entries(tmp_path).values()
+    fields = dvc_lock.stage_fields(entry)
+    assert {k: fields[k] for k in ("cmd", "deps", "outs", "params")} == {
+        "cmd": "a && b", "deps": {"x": "m1"}, "outs": {"y": "m2"}, "params": {"params.yaml": {"k": 1}}}
+    assert fields["lock_hash"] == sha256_json(entry)

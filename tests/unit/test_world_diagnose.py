@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from msjoe.world import diagnose as diagnose_module
-from msjoe.world.diagnose import diagnose, load_events
+from msjoe.world import events as events_module
+from msjoe.world.diagnose import diagnose
+from msjoe.world.events import VideoEvent, load_events
 
-EVENTS = {"v": [(10, 12, "a red star"), (30, 31, "a blue circle"), (50, 52, "a red square")]}
+EVENTS = {"v": [VideoEvent(10, 12, "a red star"), VideoEvent(30, 31, "a blue circle"), VideoEvent(50, 52, "a red square")]}
 QUESTIONS = pd.DataFrame([
     {"qid": "q1", "question": "What appeared right after the red star?",
      "options": ["a red square", "a blue circle", "a blue star", "a red circle"]},
@@ -26,6 +28,7 @@ def _row(qid: str, sampler: str, frames: list[int], reply: str, prediction: str 
 
 def test_doctests_pass() -> None:
     assert doctest.testmod(diagnose_module).failed == 0
+    assert doctest.testmod(events_module).failed == 0
 
 
 def test_each_step_is_told_apart() -> None:
@@ -57,4 +60,5 @@ def test_events_are_read_from_the_world(tmp_path: Path) -> None:
     rows = [{"video_id": "v", "events": [{"start_frame": 30, "end_frame": 31, "caption": "a blue circle"},
                                          {"start_frame": 10, "end_frame": 12, "caption": "a red star"}]}]
     (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert load_events(tmp_path) == {"v": [(10, 12, "a red star"), (30, 31, "a blue circle")]}
+    assert load_events(tmp_path) == {"v": [VideoEvent(10, 12, "a red star"), VideoEvent(30, 31, "a blue circle")]}
+    assert load_events(tmp_path / "no-world") == {}

@@ -132,8 +132,6 @@ class DemoBaseConfig:
     def turns_fingerprint(self) -> str:
         """Names the cached model after the first mixed phase (all but the later phases and eval)."""
         before = asdict(replace(self.pretrain, second_pass_steps=0, eval_questions=None, eval_batch_size=1))
-        for later in ("reasoning_steps", "reasoning_sets", "reasoning_batch_size"):  # phases after the cached one
-            before.pop(later)
         return _digest([self.vision_fingerprint(), before, self.threads])
 
     def vision_fingerprint(self) -> str:

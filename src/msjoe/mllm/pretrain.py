@@ -68,6 +68,7 @@ from msjoe.mllm.manifest import MLLMManifest, identity_for, write_manifest
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import DEFAULT_SYSTEM_PROMPT, Conversation, build_answer_messages, build_query_messages
 from msjoe.mllm.sft import SFTConfig, SFTExample, supervised_finetune
+from msjoe.world.events import EVENTS_FILE, VideoEvent, load_events, shown_events
 from msjoe.world.reasoning import implied_option
 
 if TYPE_CHECKING:
@@ -130,16 +131,13 @@ class MLLMPretrainConfig:
     ``second_pass_steps`` steps of a second pass over both turns mixed (``sft``'s batch and
     rate, a fresh warmup and cosine schedule): reading the answer off a list of several seen
     events is the slowest skill and kept improving after a restart of the rate. (A pass over
-    the answer turn alone was tried: it made the model forget the query turn.) Then
-    ``reasoning_steps`` steps (batch ``reasoning_batch_size``, 0 steps: off, the shipped
-    model's setting) of :func:`reasoning_examples` (``reasoning_sets`` per training question:
-    text-only answer turns whose ``Seen:`` list is given and only the answer after it is
-    scored) mixed with both turns' image examples. Measured from the shipped model, on the
-    pre-training world's held-out questions: 2000 steps of batch 8 (a third of them
-    text-only) lowered accuracy on evidence frames from 0.375 to 0.315; 1500 steps of batch
-    64 of text-only examples alone raised the reading of a given list from 0.31 to 0.51 but
-    made the model end every reply at once (nothing scored its first token), hence the mix;
-    the mixed run at batch 64 is untested.
+    the answer turn alone was tried: it made the model forget the query turn.) A later phase
+    of text-only answer turns, with the ``Seen:`` list given and only the answer after it
+    scored, was also tried and removed: from the shipped model, 2000 steps of batch 8 lowered
+    accuracy on evidence frames of the pre-training world's held-out questions from 0.375 to
+    0.315; 1500 steps of batch 64 of text-only examples alone raised the reading of a given
+    list from 0.31 to 0.51 but made every reply end at once; 1000 steps of batch 64 mixed with
+    both turns' image examples reached 0.39 (list exact 0.32, reading 0.40): within noise.
 
     ``eval_questions``: cap on evaluated EVAL questions (None: all; 0: skip evaluation).
     """
@@ -165,9 +163,6 @@ class MLLMPretrainConfig:
     query_steps: int = 400
     query_batch_size: int = 16
     second_pass_steps: int = 0
-    reasoning_steps: int = 0
-    reasoning_sets: int = 16
-    reasoning_batch_size: int = 64
     eval_questions: int | None = None
     eval_batch_size: int = 16
     seed: int = 0
@@ -224,12 +219,13 @@ class MLLMPretrainConfig:
     def from_mapping(cls, params: dict[str, Any]) -> MLLMPretrainConfig:
         """Build from a params.yaml section; nested ``model`` / ``sft`` mappings become their
         dataclasses, unknown keys are an error (a typo must not fall back to a default)."""
-        params = dict(params)
-        if isinstance(params.get("model"), dict):
-            params["model"] = from_mapping(TinyMLLMConfig, params["model"], "model")
-        if isinstance(params.get("sft"), dict):
-            params["sft"] = from_mapping(SFTConfig, {**asdict(cls().sft), **params["sft"]}, "sft")
-        return from_mapping(cls, params, "mllm pre-training")
+        def model(value: Any) -> Any:
+            return from_mapping(TinyMLLMConfig, value, "model") if isinstance(value, dict) else value
+
+        def sft(value: Any) -> Any:
+            return from_mapping(SFTConfig, {**asdict(cls().sft), **value}, "sft") if isinstance(value, dict) else value
+
+        return from_mapping(cls, params, "mllm pre-training", nested={"model": model, "sft": sft})
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +303,7 @@ def extra_train_questions(world_dir: Path, draws: int, seed: int, split: str = "
     paths = {Path(q.video).stem: q.video for q in own}
     families = tuple(f for f in FAMILIES if f in {q.category for q in own})
     out: list[WorldQuestion] = []
-    for row in _jsonl(world_dir / "events.jsonl"):
+    for row in _jsonl(world_dir / EVENTS_FILE):
         vid = row["video_id"]
         if row.get("split") != split or vid not in paths:
             continue
@@ -358,15 +354,6 @@ def build_corpus(world_dir: Path, split: str = "train") -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-@dataclass(frozen=True)
-class VideoEvent:
-    """One annotated event: frames ``start..end`` (inclusive) show ``caption``."""
-
-    start: int
-    end: int
-    caption: str
-
-
 class WorldVideos:
     """The world's videos: frames decoded once, and their annotated events.
 
@@ -379,13 +366,7 @@ class WorldVideos:
     def __init__(self, world_dir: Path) -> None:
         self.world_dir = Path(world_dir)
         self._frames: dict[str, np.ndarray] = {}
-        self._events: dict[str, list[VideoEvent]] = {}
-        path = self.world_dir / "events.jsonl"
-        if path.is_file():
-            for row in _jsonl(path):
-                self._events[row["video_id"]] = [
-                    VideoEvent(int(e["start_frame"]), int(e["end_frame"]), e["caption"]) for e in row["events"]
-                ]
+        self._events = load_events(self.world_dir)
 
     def frames(self, video: str) -> np.ndarray:
         """All frames of ``video`` (a path relative to the world), ``(T, H, W, 3)`` uint8."""
@@ -407,8 +388,7 @@ class WorldVideos:
 
     def seen(self, video: str, indices: Iterable[int]) -> list[str]:
         """Captions of the events visible in the frames ``indices``, each once, in time order."""
-        chosen = set(int(i) for i in indices)
-        return [e.caption for e in self.events(video) if any(e.start <= i <= e.end for i in chosen)]
+        return shown_events(self.events(video), indices)
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,57 +549,6 @@ class AnswerExample:
     frames: tuple[int, ...]
     with_evidence: bool
     letter: str
-
-
-#: Most other events a reasoning example's list holds besides the question's own: query-driven
-#: samplers at K = 8 bring about three events into the frames (measured on the demo world).
-_MAX_EXTRA_EVENTS = 4
-#: How often the model's own list repeats an event (one entry per frame showing it): 1, 2, 3.
-_REPEATS = (1, 2, 3)
-_REPEAT_P = (0.5, 0.3, 0.2)
-
-
-def reasoning_examples(
-    questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig, rng: np.random.Generator
-) -> list[SFTExample]:
-    """Text-only answer-turn examples that teach reading the answer off a ``Seen:`` list.
-
-    Why: given a list of seen events that is exactly right, the base model answered what the
-    list implies only 36-77 % of the time (lower for counts and for longer lists), and the
-    answer is a few tokens of a long reply, so the mixed phases give the skill little signal.
-    Without frames an example costs a small fraction of an image example.
-
-    Per question, ``reasoning_sets`` lists: all of the question's target events (with
-    probability ``1 - no_evidence_ratio``; otherwise some of them are missing) plus up to
-    ``_MAX_EXTRA_EVENTS`` other events of the video, in time order, each event repeated 1-3
-    times as the model itself lists an event once per frame that shows it. The list is the
-    reply's unscored ``context``; the target is the answer the distinct events imply
-    (:func:`msjoe.world.reasoning.implied_option`, a random option when they imply none), in
-    the answer format of the other examples.
-    """
-    out: list[SFTExample] = []
-    for q in questions:
-        events = videos.events(q.video)
-        evidence = set(q.evidence_frames)
-        targets = [i for i, e in enumerate(events) if any(e.start <= f <= e.end for f in evidence)]
-        others = [i for i in range(len(events)) if i not in targets]
-        for _ in range(cfg.reasoning_sets):
-            keep = set(targets)
-            if targets and rng.random() < cfg.no_evidence_ratio:
-                keep = {t for t in targets if rng.random() < 0.5}
-                keep.discard(int(rng.choice(targets)))
-            extra = int(rng.integers(0, min(len(others), _MAX_EXTRA_EVENTS) + 1))
-            keep |= {int(i) for i in rng.choice(others, size=extra, replace=False)} if extra else set()
-            seen = [events[i].caption for i in sorted(keep)]
-            implied = implied_option(q.question, q.options, seen)
-            index = implied if implied is not None else int(rng.integers(0, len(q.options)))
-            answer = OPTION_LETTERS[index] if cfg.answer_format == "letter" else q.options[index]
-            listed = [c for c in seen for _ in range(int(rng.choice(_REPEATS, p=_REPEAT_P)))]
-            reply = answer_reply(answer, listed)
-            cut = reply.index(" <answer>")
-            messages = build_answer_messages(q.question, q.options, [])
-            out.append(SFTExample(messages, reply[cut:], context=reply[:cut]))
-    return out
 
 
 def answer_examples(
@@ -878,16 +807,6 @@ def train_demo_mllm(
         losses += second.losses
         timings["second_pass_s"] = second.seconds
         phases["second_pass"] = _phase_summary(second)
-    if cfg.reasoning_steps:
-        reasoning = reasoning_examples(train, videos, cfg, np.random.default_rng(cfg.seed + 2))
-        reading_cfg = replace(
-            cfg.sft, max_steps=cfg.reasoning_steps, batch_size=cfg.reasoning_batch_size, seed=cfg.sft.seed + 2
-        )
-        mixed = reasoning + queries + [a.example for a in answers]
-        reading = supervised_finetune(mllm, mixed, reading_cfg, progress=progress)
-        losses += reading.losses
-        timings["reasoning_s"] = reading.seconds
-        phases["reasoning"] = {**_phase_summary(reading), "reasoning_examples": len(reasoning)}
 
     report: dict[str, Any] = {
         "parameters": int(sum(p.numel() for p in mllm.model.parameters())),

@@ -25,17 +25,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SFTExample:
-    """A prompt conversation (with its images) and the reply the model should write.
-
-    ``context``: the start of the reply, given to the model (teacher-forced) but not scored,
-    so an example can teach what to write *after* it (reading an answer off a given list of
-    seen events) without teaching the context itself. It must end at a token boundary of
-    ``context + target`` (checked).
-    """
+    """A prompt conversation (with its images) and the reply the model should write."""
 
     messages: Conversation
     target: str
-    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,18 +108,6 @@ def _batches(n: int, cfg: SFTConfig, total_steps: int) -> Iterator[list[int]]:
                 return
 
 
-def _reply_ids(mllm: MLLM, example: SFTExample) -> tuple[list[int], int]:
-    """Token ids of the whole reply (with the end-of-turn token) and how many lead tokens
-    belong to the unscored ``context``."""
-    ids = mllm.encode_completion(example.context + example.target)
-    if not example.context:
-        return ids, 0
-    lead = mllm.encode_completion(example.context, append_eos=False)
-    if ids[: len(lead)] != lead:
-        raise ValueError(f"context {example.context!r} does not end at a token boundary of the reply")
-    return ids, len(lead)
-
-
 def supervised_finetune(
     mllm: MLLM,
     examples: Sequence[SFTExample],
@@ -160,12 +141,9 @@ def supervised_finetune(
     try:
         for step, indices in enumerate(_batches(len(examples), cfg, total_steps)):
             batch = [examples[i] for i in indices]
-            ids, skipped = zip(*(_reply_ids(mllm, e) for e in batch), strict=True)
-            scored = mllm.sequence_log_probs([e.messages for e in batch], list(ids))
-            columns = torch.arange(scored.mask.shape[1], device=scored.mask.device)
-            mask = scored.mask & (columns >= torch.tensor(skipped, device=columns.device)[:, None])
-            n_tokens = mask.sum()
-            loss = -(scored.log_probs * mask).sum() / n_tokens
+            scored = mllm.sequence_log_probs([e.messages for e in batch], [e.target for e in batch])
+            n_tokens = scored.mask.sum()
+            loss = -scored.log_probs.sum() / n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

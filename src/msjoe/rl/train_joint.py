@@ -17,8 +17,8 @@ The rollouts are :mod:`msjoe.episode`'s steps, batched by :mod:`msjoe.rl.rollout
 by :func:`msjoe.episode.score`. Both models train through DeepSpeed engines (one per model, one
 process group); the MLLM's config is the stage's choice (ZeRO-3 at paper scale), the sampler's
 is small and separate.
-Gradient accumulation, clipping and the learning-rate schedules are the engines'. Checkpoints,
-resume and seeding work as in stage 1 (:mod:`msjoe.rl.train_sampler`). Final outputs under
+Gradient accumulation, clipping and the learning-rate schedules are the engines'. Run, resume
+and checkpoints are :class:`msjoe.rl.run.TrainingRun`'s, as in stage 1. Final outputs under
 ``out_dir``: ``sampler.pt`` and ``model/`` (``save_pretrained`` of model + processor) with an
 ``mllm.json`` manifest, loadable by :func:`msjoe.mllm.manifest.load_prepared_mllm` like the
 pre-trained MLLM.
@@ -29,8 +29,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,22 +40,24 @@ from msjoe.config import from_mapping
 from msjoe import episode
 from msjoe.rl.engine import dist_info, ds_overrides
 from msjoe.rl.resources import peak_rss_mb
-from msjoe.rl.rollout import FrameCache, TrainItem, answer_rollouts, query_rollouts, step_seed
-from msjoe.rl.schedule import lr_lambda
-from msjoe.rl.train_sampler import (
-    _file_identity,
-    _full_state_dict,
-    _resume,
-    _run_id,
-    new_sampler,
-    save_sampler,
+from msjoe.rl.rollout import (
+    AnswerRollout,
+    FrameCache,
+    QueryRollout,
+    TrainItem,
+    answer_rollouts,
+    query_rollouts,
+    step_seed,
 )
+from msjoe.rl.run import RunConfig, TrainingRun, file_identity, fingerprint, full_state_dict
+from msjoe.rl.schedule import lr_lambda
 
 if TYPE_CHECKING:
     import torch
 
     from msjoe.mllm.load import MLLM, GenerationResult
     from msjoe.pipeline import Pipeline
+    from msjoe.rl.rewards import RewardBreakdown
 
 __all__ = ["JointTrainConfig", "padded_old_log_probs", "save_mllm", "scorable_ids", "train_joint", "vision_token_ids"]
 
@@ -63,63 +65,33 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class JointTrainConfig:
-    """Stage 2 settings. One optimiser step = ``grad_accum`` micro-batches of
-    ``questions_per_step`` questions x ``group_size`` rollouts on each rank.
-
-    MLLM: ``lr``, ``weight_decay``, ``clip_eps`` (GRPO ratio clip), ``kl_coef`` (0: no
-    reference model), ``query_temperature`` / ``answer_temperature`` (1: the policy's own
-    distribution, as GRPO's ratio assumes), ``ds_config`` / ``zero_stage`` / ``ds_overrides``.
-    Sampler: ``sampler_lr``, ``sampler_init`` (stage 1's ``sampler.pt``; None starts fresh from
-    ``sampler`` / ``init_seed``), ``sampler_ds_config``. Rewards: ``tau``, ``transform``,
-    ``info_weight``, ``format_bonus``. ``stop_after`` as in stage 1.
+class JointTrainConfig(RunConfig):
+    """Stage 2 settings: :class:`~msjoe.rl.run.RunConfig`'s (``lr`` & co. for the MLLM, whose
+    turns are both sampled: temperature 1 is the policy's own distribution, as GRPO's ratio
+    assumes), plus ``group_size`` rollouts per question; GRPO's ``clip_eps`` and ``kl_coef`` (0:
+    no reference model); the sampler's ``sampler_lr``, ``sampler_init`` (stage 1's
+    ``sampler.pt``; None starts fresh) and ``sampler_ds_config``; the rewards' ``tau``,
+    ``transform``, ``info_weight`` and ``format_bonus``.
     """
 
-    steps: int = 30
-    questions_per_step: int = 4
-    group_size: int = 4
-    grad_accum: int = 1
-    budget: int = 8
     lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    group_size: int = 4
     sampler_lr: float = 1e-3
-    warmup_steps: int = 2
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     clip_eps: float = 0.2
     kl_coef: float = 0.0
-    query_temperature: float = 1.0
-    answer_temperature: float = 1.0
-    log_prob: str = "sum"
     tau: float = 10.0
     transform: str = "softmax"
     info_weight: float = 0.1
     format_bonus: float = 0.1
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
-    sampler: Any = "tiny"
     sampler_init: str | None = None
-    init_seed: int = 0
-    ds_config: str = "infra/deepspeed/zero1.json"
-    zero_stage: int | None = None
-    ds_overrides: dict[str, Any] = field(default_factory=dict)
     sampler_ds_config: str = "infra/deepspeed/zero1.json"
-    stop_after: int | None = None
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.questions_per_step, self.grad_accum, self.budget) < 1:
-            raise ValueError("steps, questions_per_step, grad_accum and budget must be >= 1")
+        super().__post_init__()
         if self.group_size < 2:
             raise ValueError("group_size must be >= 2 (advantages are relative within a group)")
-        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
         if self.query_temperature <= 0 or self.answer_temperature <= 0:
             raise ValueError("RL rollouts must be sampled: temperatures must be > 0")
-        if self.log_prob not in ("sum", "plackett_luce"):
-            raise ValueError(f"log_prob must be 'sum' or 'plackett_luce', got {self.log_prob!r}")
         if self.kl_coef < 0 or self.clip_eps < 0:
             raise ValueError("kl_coef and clip_eps must be >= 0")
 
@@ -152,7 +124,7 @@ def save_mllm(out_dir: Path, engine: Any, processor: Any) -> Path:
     from msjoe.mllm.manifest import MODEL_SUBDIR, MLLMManifest, identity_for, write_manifest
 
     module = engine.module
-    state = _full_state_dict(module, engine.zero_optimization_stage())
+    state = full_state_dict(module, engine.zero_optimization_stage())
     rank, _ = dist_info()
     model_dir = Path(out_dir) / MODEL_SUBDIR
     if rank == 0:
@@ -209,6 +181,113 @@ def _turn_log_probs(
     return scored.log_probs, old, mask, n_cut
 
 
+@dataclass(frozen=True)
+class _Rollouts:
+    """One micro-batch: ``group_size`` rollouts of each chosen question, question-major."""
+
+    items: list[TrainItem]
+    queries: list[QueryRollout]
+    answers: list[AnswerRollout]
+    sampler_log_probs: torch.Tensor  # (rows, T_pad), with grad
+    drawn: torch.Tensor  # the drawn frame indices (rows, K)
+
+
+def _rollout(
+    pipeline: Pipeline, sampler: Any, questions: Sequence[TrainItem], frames: FrameCache, cfg: JointTrainConfig,
+    seed_of: Callable[[int], int],
+) -> _Rollouts:
+    """Query turns (sampled from the policy) -> CLIP similarities -> the sampler's draw ->
+    answer turns (sampled), ``cfg.group_size`` times per question."""
+    net = sampler.module.config
+    queries = query_rollouts(
+        pipeline, questions, cfg.budget, frames, temperature=cfg.query_temperature,
+        seed=seed_of(1), repeat=cfg.group_size, with_log_probs=True,
+    )
+    logp, mask = episode.sampler_log_probs(sampler, [q.sim for q in queries], net.max_queries, net.levels)
+    idx, positions = episode.draw_frames(logp, mask, cfg.budget, seed_of(2))
+    items = [item for item in questions for _ in range(cfg.group_size)]
+    answers = answer_rollouts(
+        pipeline, items, positions, frames, temperature=cfg.answer_temperature,
+        seed=seed_of(3), with_log_probs=True,
+    )
+    return _Rollouts(items, queries, answers, logp, idx)
+
+
+def _rewards(rollouts: _Rollouts, logit_scale: float, cfg: JointTrainConfig) -> list[RewardBreakdown]:
+    """``r_acc + r_format + r_info`` of every rollout (:func:`msjoe.episode.score`)."""
+    return [
+        episode.score(q.turn, q.sim, a.turn, item.answer, logit_scale, tau=cfg.tau,
+                      transform=cfg.transform,  # type: ignore[arg-type]
+                      info_weight=cfg.info_weight, format_bonus=cfg.format_bonus)
+        for item, q, a in zip(rollouts.items, rollouts.queries, rollouts.answers, strict=True)
+    ]
+
+
+def _update(
+    policy: MLLM, mllm_engine: Any, sampler_engine: Any, rollouts: _Rollouts, adv: torch.Tensor,
+    cfg: JointTrainConfig, forbidden: frozenset[int], reference: MLLM | None,
+) -> dict[str, float]:
+    """One GRPO step of the MLLM over both turns' generated tokens, then one REINFORCE step of
+    the sampler on its draw, both driven by the same group-normalised advantages ``adv``."""
+    import torch
+
+    from msjoe.rl.grpo import grpo_loss, reinforce_loss
+
+    q_convs, q_results = [q.conversation for q in rollouts.queries], [q.turn.result for q in rollouts.queries]
+    a_convs, a_results = [a.conversation for a in rollouts.answers], [a.turn.result for a in rollouts.answers]
+    new_q, old_q, mask_q, cut_q = _turn_log_probs(policy, q_convs, q_results, cfg.query_temperature, forbidden)
+    new_a, old_a, mask_a, cut_a = _turn_log_probs(policy, a_convs, a_results, cfg.answer_temperature, forbidden)
+    new = torch.cat([new_q, new_a], dim=1)
+    old = torch.cat([old_q, old_a], dim=1)
+    tok_mask = torch.cat([mask_q, mask_a], dim=1)
+    ref = None
+    if reference is not None:
+        with torch.no_grad():
+            ref_q = reference.sequence_log_probs(
+                q_convs, [scorable_ids(r.token_ids, forbidden, policy.eos_token_id)[0] for r in q_results],
+                temperature=cfg.query_temperature).log_probs
+            ref_a = reference.sequence_log_probs(
+                a_convs, [scorable_ids(r.token_ids, forbidden, policy.eos_token_id)[0] for r in a_results],
+                temperature=cfg.answer_temperature).log_probs
+        ref = torch.cat([ref_q, ref_a], dim=1)
+    m_loss, stats = grpo_loss(new, old, adv.to(new.device), tok_mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                              logp_ref=ref)
+    mllm_engine.backward(m_loss)
+    mllm_engine.step()
+    draw_lp = episode.draw_log_prob(rollouts.sampler_log_probs, rollouts.drawn, cfg.log_prob)
+    s_loss = reinforce_loss(draw_lp, adv.to(draw_lp.device))
+    sampler_engine.backward(s_loss)
+    sampler_engine.step()
+    return {"loss_mllm": float(m_loss.detach()), "loss_sampler": float(s_loss.detach()),
+            **{key: float(stats[key]) for key in ("clip_fraction", "kl", "ratio_mean")},
+            "cut_turns": cut_q + cut_a}
+
+
+def _step_record(
+    rollouts: Sequence[_Rollouts], rewards: Sequence[RewardBreakdown], updates: Sequence[Mapping[str, float]],
+    lrs: tuple[float, float],
+) -> dict[str, Any]:
+    """A step's metrics over its micro-batches: rewards and parse rates per rollout, losses and
+    ratio statistics per micro-batch."""
+    queries = [q for r in rollouts for q in r.queries]
+    answers = [a for r in rollouts for a in r.answers]
+    losses = ("loss_mllm", "loss_sampler", "clip_fraction", "kl", "ratio_mean")
+    return {
+        "reward": float(np.mean([r.total for r in rewards])),
+        "accuracy": float(np.mean([r.accuracy for r in rewards])),
+        "r_format": float(np.mean([r.format for r in rewards])),
+        "r_info": float(np.mean([r.info for r in rewards])),
+        "info_fire_rate": float(np.mean([float(r.info > 0) for r in rewards])),
+        "info_fired_fraction": float(np.mean([r.info_fired for r in rewards])),
+        "query_parse_rate": float(np.mean([float(q.turn.ok) for q in queries])),
+        "answer_parse_rate": float(np.mean([float(a.turn.ok) for a in answers])),
+        **{key: sum(u[key] for u in updates) / len(updates) for key in losses},
+        "cut_turns": int(sum(u["cut_turns"] for u in updates)),
+        "lr": lrs[0],
+        "sampler_lr": lrs[1],
+    }
+
+
 def train_joint(
     pipeline: Pipeline,
     items: Sequence[TrainItem],
@@ -220,15 +299,15 @@ def train_joint(
 
     ``pipeline.mllm`` is the policy (trained in place); ``pipeline.clip`` gives query
     similarities; ``items`` are the training questions (all of them: GRPO's group-relative
-    advantage needs no difficulty).
+    advantage needs no difficulty). Each step, per micro-batch: rollout -> reward -> advantage
+    -> update; then the step's record is logged and checkpointed.
     """
     import torch
 
     from msjoe.mllm.load import MLLM
     from msjoe.rl.advantages import group_normalised
-    from msjoe.rl.checkpoint import save_checkpoint
     from msjoe.rl.engine import build_engine
-    from msjoe.rl.grpo import grpo_loss, reinforce_loss
+    from msjoe.sampling.unet import new_unet, save_unet
 
     started = time.perf_counter()
     rank, world = dist_info()
@@ -254,7 +333,7 @@ def train_joint(
     m_engine.eval()  # no dropout: the ratio compares the same function before and after a step
     policy = MLLM(m_engine, mllm.processor, mllm.device)
 
-    sampler = new_sampler(cfg.sampler, cfg.sampler_init, cfg.init_seed)
+    sampler = new_unet(cfg.sampler, cfg.init_seed, cfg.sampler_init)
     sampler.train()
     s_opt = torch.optim.AdamW(sampler.parameters(), lr=cfg.sampler_lr, betas=cfg.betas)
     s_sched = torch.optim.lr_scheduler.LambdaLR(s_opt, lr_lambda(cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
@@ -262,134 +341,54 @@ def train_joint(
         sampler, s_opt, cfg.sampler_ds_config, s_sched,
         overrides=ds_overrides(micro, cfg.grad_accum, cfg.grad_clip, None, None),
     )
-    run = _run_id(cfg, pipeline, {
+    run = TrainingRun("stage 2", cfg, {"mllm": m_engine, "sampler": s_engine}, checkpoint_dir, fingerprint(cfg, pipeline, {
         "questions": [(item.qid, item.video, item.answer) for item in items],
-        "sampler_init": _file_identity(cfg.sampler_init),
-    })
-    start, history = _resume(checkpoint_dir, {"mllm": m_engine, "sampler": s_engine}, run)
-    if start:
-        log.info("stage 2 resumes at step %d of %d", start, cfg.steps)
-    levels, max_q = sampler.config.levels, sampler.config.max_queries
+        "sampler_init": file_identity(cfg.sampler_init),
+    }))
     n_q = min(cfg.questions_per_step, len(items))
-    G = cfg.group_size
     logit_scale = pipeline.clip.logit_scale
     forbidden = vision_token_ids(mllm.model.config)
     step_timings: list[dict[str, float]] = []  # this process's steps (run-dependent: not in history or checkpoints)
 
-    step = start
-    while step < cfg.steps:
-        if cfg.stop_after is not None and step >= cfg.stop_after:
-            log.info("stage 2 stopped after step %d (stop_after)", step)
-            return {"completed": False, "steps_done": step, "history": history,
-                    "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started}}
+    for step in run.steps():
         tick = time.perf_counter()
-        agg: dict[str, list[float]] = {k: [] for k in ("reward", "accuracy", "format", "info", "info_fired",
-                                                         "fires", "query_ok", "answer_ok")}
-        stats_sum = {"loss_mllm": 0.0, "loss_sampler": 0.0, "clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0}
-        gen_s = train_s = 0.0
-        cut_turns = 0
         lrs = (float(m_sched.get_last_lr()[0]), float(s_sched.get_last_lr()[0]))  # this step's rates
+        done: list[_Rollouts] = []
+        rewards: list[RewardBreakdown] = []
+        updates: list[dict[str, float]] = []
+        gen_s = train_s = 0.0
         for mb in range(cfg.grad_accum):
             t0 = time.perf_counter()
-            rng = np.random.default_rng(step_seed(cfg.seed, step, mb, rank))
-            chosen = rng.choice(len(items), size=n_q, replace=False)
-            batch = [items[i] for i in chosen for _ in range(G)]
-            queries = query_rollouts(
-                pipeline, [items[i] for i in chosen], cfg.budget, frames, temperature=cfg.query_temperature,
-                seed=step_seed(cfg.seed, step, mb, rank, 1), repeat=G, with_log_probs=True,
-            )
-            logp, mask = episode.sampler_log_probs(s_engine, [q.sim for q in queries], max_q, levels)
-            idx, positions = episode.draw_frames(logp, mask, cfg.budget, step_seed(cfg.seed, step, mb, rank, 2))
-            answers = answer_rollouts(
-                pipeline, batch, positions, frames, temperature=cfg.answer_temperature,
-                seed=step_seed(cfg.seed, step, mb, rank, 3), with_log_probs=True,
-            )
-            rewards = []
-            for item, q, a in zip(batch, queries, answers, strict=True):
-                r = episode.score(
-                    q.turn, q.sim, a.turn, item.answer, logit_scale,
-                    tau=cfg.tau, transform=cfg.transform,  # type: ignore[arg-type]
-                    info_weight=cfg.info_weight, format_bonus=cfg.format_bonus,
-                )
-                rewards.append(r.total)
-                agg["accuracy"].append(r.accuracy)
-                agg["format"].append(r.format)
-                agg["info"].append(r.info)
-                agg["info_fired"].append(r.info_fired)
-                agg["fires"].append(float(r.info > 0))
-                agg["query_ok"].append(float(q.turn.ok))
-                agg["answer_ok"].append(float(a.turn.ok))
-            agg["reward"] += rewards
-            adv = group_normalised(torch.tensor(rewards, dtype=torch.float32).view(n_q, G)).flatten()
+            chosen = np.random.default_rng(step_seed(cfg.seed, step, mb, rank)).choice(len(items), size=n_q, replace=False)
+            rollouts = _rollout(pipeline, s_engine, [items[i] for i in chosen], frames, cfg,
+                                lambda part: step_seed(cfg.seed, step, mb, rank, part))  # noqa: B023 (called at once)
+            reward = _rewards(rollouts, logit_scale, cfg)
+            adv = group_normalised(torch.tensor([r.total for r in reward], dtype=torch.float32).view(n_q, -1)).flatten()
             gen_s += time.perf_counter() - t0
-
             t0 = time.perf_counter()
-            q_convs, q_results = [q.conversation for q in queries], [q.turn.result for q in queries]
-            a_convs, a_results = [a.conversation for a in answers], [a.turn.result for a in answers]
-            new_q, old_q, mask_q, cut_q = _turn_log_probs(policy, q_convs, q_results, cfg.query_temperature, forbidden)
-            new_a, old_a, mask_a, cut_a = _turn_log_probs(policy, a_convs, a_results, cfg.answer_temperature,
-                                                          forbidden)
-            cut_turns += cut_q + cut_a
-            new = torch.cat([new_q, new_a], dim=1)
-            old = torch.cat([old_q, old_a], dim=1)
-            tok_mask = torch.cat([mask_q, mask_a], dim=1)
-            ref = None
-            if reference is not None:
-                with torch.no_grad():
-                    ref_q = reference.sequence_log_probs(
-                        q_convs, [scorable_ids(r.token_ids, forbidden, policy.eos_token_id)[0] for r in q_results],
-                        temperature=cfg.query_temperature).log_probs
-                    ref_a = reference.sequence_log_probs(
-                        a_convs, [scorable_ids(r.token_ids, forbidden, policy.eos_token_id)[0] for r in a_results],
-                        temperature=cfg.answer_temperature).log_probs
-                ref = torch.cat([ref_q, ref_a], dim=1)
-            adv_m = adv.to(new.device)
-            m_loss, stats = grpo_loss(new, old, adv_m, tok_mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                      logp_ref=ref)
-            m_engine.backward(m_loss)
-            m_engine.step()
-            draw_lp = episode.draw_log_prob(logp, idx, cfg.log_prob)
-            s_loss = reinforce_loss(draw_lp, adv.to(draw_lp.device))
-            s_engine.backward(s_loss)
-            s_engine.step()
+            updates.append(_update(policy, m_engine, s_engine, rollouts, adv, cfg, forbidden, reference))
             train_s += time.perf_counter() - t0
-            stats_sum["loss_mllm"] += float(m_loss.detach())
-            stats_sum["loss_sampler"] += float(s_loss.detach())
-            for key in ("clip_fraction", "kl", "ratio_mean"):
-                stats_sum[key] += float(stats[key])
-        step += 1
-        record = {
-            "step": step,
-            "reward": float(np.mean(agg["reward"])),
-            "accuracy": float(np.mean(agg["accuracy"])),
-            "r_format": float(np.mean(agg["format"])),
-            "r_info": float(np.mean(agg["info"])),
-            "info_fire_rate": float(np.mean(agg["fires"])),
-            "info_fired_fraction": float(np.mean(agg["info_fired"])),
-            "query_parse_rate": float(np.mean(agg["query_ok"])),
-            "answer_parse_rate": float(np.mean(agg["answer_ok"])),
-            **{k: v / cfg.grad_accum for k, v in stats_sum.items()},
-            "cut_turns": cut_turns,
-            "lr": lrs[0],
-            "sampler_lr": lrs[1],
-        }
-        history.append(record)
-        step_timings.append({"step": step, "rollout_seconds": gen_s, "update_seconds": train_s,
+            done.append(rollouts)
+            rewards += reward
+        record = _step_record(done, rewards, updates, lrs)
+        run.finish_step(record)
+        step_timings.append({"step": run.step, "rollout_seconds": gen_s, "update_seconds": train_s,
                              "seconds": time.perf_counter() - tick})
         log.info(
             "stage 2 step %d/%d: reward %.3f, accuracy %.3f, r_info fired %.2f, parse q %.2f a %.2f, "
             "clip %.3f, %.1fs (rollouts %.1fs)",
-            step, cfg.steps, record["reward"], record["accuracy"], record["info_fire_rate"],
+            run.step, cfg.steps, record["reward"], record["accuracy"], record["info_fire_rate"],
             record["query_parse_rate"], record["answer_parse_rate"], record["clip_fraction"],
             step_timings[-1]["seconds"], gen_s,
         )
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(checkpoint_dir, step, {"mllm": m_engine, "sampler": s_engine},
-                            extra={"history": history, "run": run}, keep=cfg.keep_checkpoints)
+    history = run.history
+    if run.stopped:
+        return {"completed": False, "steps_done": run.step, "history": history,
+                "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started}}
 
-    s_state = _full_state_dict(s_engine.module, s_engine.zero_optimization_stage())
+    s_state = full_state_dict(s_engine.module, s_engine.zero_optimization_stage())
     if rank == 0:
-        save_sampler(Path(out_dir) / "sampler.pt", sampler, s_state)
+        save_unet(Path(out_dir) / "sampler.pt", sampler, s_state)
     save_mllm(Path(out_dir), m_engine, mllm.processor)
     tail = history[-max(1, len(history) // 4):]
     head = history[: max(1, len(history) // 4)]
@@ -399,11 +398,11 @@ def train_joint(
 
     return {
         "completed": True,
-        "steps_done": step,
-        "resumed_from": start,
+        "steps_done": run.step,
+        "resumed_from": run.start,
         "world_size": world,
         "n_train_questions": len(items),
-        "rollouts_per_step": n_q * G * cfg.grad_accum * world,
+        "rollouts_per_step": n_q * cfg.group_size * cfg.grad_accum * world,
         "first_reward": mean(head, "reward"),
         "final_reward": mean(tail, "reward"),
         "first_accuracy": mean(head, "accuracy"),

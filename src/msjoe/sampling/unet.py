@@ -29,8 +29,11 @@ Design decisions (ours; the paper gives only "a lightweight 1-D U-Net, about 2M 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -305,3 +308,56 @@ class UNetSampler(nn.Module):
     def log_probs(self, x: Tensor, frame_mask: Tensor, query_mask: Tensor | None = None) -> Tensor:
         """Masked log-softmax over frames ``(B, T_pad)``: padded frames have ``-inf`` (p = 0)."""
         return torch.log_softmax(self.forward(x, frame_mask, query_mask), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# the sampler's file format: the one place that builds, reads and writes a UNetSampler
+
+
+def unet_config(spec: Any) -> UNetConfig:
+    """A config from params: ``"tiny"``, ``"default"``/None, or a mapping of UNetConfig fields
+    (YAML lists become the tuples the dataclass holds)."""
+    if isinstance(spec, UNetConfig):
+        return spec
+    if spec == "tiny":
+        return UNetConfig.tiny()
+    if spec in (None, "default"):
+        return UNetConfig()
+    values = dict(spec)
+    if "channel_mult" in values:
+        values["channel_mult"] = tuple(values["channel_mult"])
+    return UNetConfig(**values)
+
+
+def new_unet(spec: Any = "tiny", seed: int = 0, checkpoint: str | Path | None = None) -> UNetSampler:
+    """A sampler network, in training mode: freshly initialised from ``seed`` (without touching
+    the global RNG) or loaded from ``checkpoint``.
+
+    A checkpoint is the ``{"state_dict", "config"}`` dict :func:`save_unet` writes (its config
+    wins over ``spec``) or a bare state dict, used with ``spec``.
+    """
+    state = None
+    if checkpoint is not None:
+        loaded = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+        if isinstance(loaded, dict) and "state_dict" in loaded:
+            state = loaded["state_dict"]
+            spec = loaded.get("config", spec)
+        else:
+            state = loaded
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = UNetSampler(unet_config(spec))
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def save_unet(path: Path, module: UNetSampler, state_dict: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{"state_dict", "config"}`` atomically (``state_dict`` defaults to the module's;
+    pass a gathered one under ZeRO-3)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = dict(state_dict) if state_dict is not None else {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"state_dict": state, "config": asdict(module.config)}, tmp)
+    os.replace(tmp, path)
+    return path

@@ -77,14 +77,13 @@ class ReleaseConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> ReleaseConfig:
         """From ``{"pipeline": {...}, "sampler": ..., "sampler_params": {...},
         "default_budget": K, "limits": {...}}``; every key optional, unknown keys fail."""
-        data = dict(values)
-        if "pipeline" in data and not isinstance(data["pipeline"], PipelineConfig):
-            data["pipeline"] = PipelineConfig.from_mapping(dict(data["pipeline"] or {}))
-        if "limits" in data and not isinstance(data["limits"], ServingLimits):
-            data["limits"] = ServingLimits.from_mapping(dict(data["limits"] or {}))
-        if "sampler_params" in data:
-            data["sampler_params"] = dict(data["sampler_params"] or {})
-        return from_mapping(cls, data, "release config")
+        def nested(kind: Any) -> Any:
+            return lambda value: value if isinstance(value, kind) else kind.from_mapping(dict(value or {}))
+
+        return from_mapping(cls, values, "release config", nested={
+            "pipeline": nested(PipelineConfig), "limits": nested(ServingLimits),
+            "sampler_params": lambda value: dict(value or {}),
+        })
 
 
 def read_release_config(directory: Path) -> ReleaseConfig:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from msjoe.store.db import init_db, session_scope
+from msjoe.store.dvc_lock import LockFileError, read_lock, stage_fields
 from msjoe.store.hashing import plain, sha256_json
 from msjoe.store.models import Video
 from msjoe.store.writes import (
@@ -93,22 +94,6 @@ def git_rev(root: Path) -> str | None:
     return rev if done.returncode == 0 and rev else None
 
 
-def _entry_hash(entry: Mapping[str, Any]) -> str | None:
-    """The content hash DVC recorded for one dep/out (md5 in DVC 3, else etag/checksum)."""
-    for key in ("md5", "etag", "checksum"):
-        if entry.get(key):
-            return str(entry[key])
-    return None
-
-
-def _hash_map(entries: Any) -> dict[str, str | None]:
-    return {
-        str(e["path"]): _entry_hash(e)
-        for e in entries or []
-        if isinstance(e, Mapping) and "path" in e
-    }
-
-
 def _declared_metrics(root: Path) -> dict[str, list[str]]:
     """Metrics files per stage as declared in ``dvc.yaml`` (plain stages only)."""
     import yaml
@@ -160,20 +145,13 @@ def _read_metrics(root: Path, files: list[str], notes: list[str]) -> dict[str, A
 
 def _rebuild_stages(session: Session, root: Path, report: RebuildReport) -> None:
     """One pipeline run keyed by the lock file's hash, one stage row per locked stage."""
-    import yaml
-
-    lock_path = root / "dvc.lock"
-    if not lock_path.is_file():
-        report.notes.append("dvc.lock not found: no stage rows recorded")
-        return
     try:
-        lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        report.notes.append(f"dvc.lock is not valid YAML, skipped: {err}")
+        lock = read_lock(root)
+    except LockFileError as err:
+        report.notes.append(f"{err}: no stage rows recorded")
         return
-    stages = lock.get("stages") if isinstance(lock, Mapping) else None
-    if not isinstance(stages, Mapping):
-        report.notes.append("dvc.lock has no 'stages' mapping: no stage rows recorded")
+    if lock is None:
+        report.notes.append("dvc.lock not found: no stage rows recorded")
         return
 
     report.run_key = f"{REBUILD_TRIGGER}:{sha256_json(lock)[:32]}"
@@ -181,23 +159,16 @@ def _rebuild_stages(session: Session, root: Path, report: RebuildReport) -> None
         session, report.run_key, status="completed", trigger=REBUILD_TRIGGER, git_rev=git_rev(root)
     )
     metrics_files = _declared_metrics(root)
-    for name, entry in stages.items():
+    for name, entry in lock["stages"].items():
         if not isinstance(entry, Mapping):
             report.notes.append(f"dvc.lock stage {name!r} is not a mapping, skipped")
             continue
-        cmd = entry.get("cmd")
-        if isinstance(cmd, list):  # multi-command stages
-            cmd = " && ".join(map(str, cmd))
         record_stage(
             session,
             run_id,
             str(name),
             status="completed",
-            cmd=str(cmd) if cmd else None,
-            deps=_hash_map(entry.get("deps")),
-            outs=_hash_map(entry.get("outs")),
-            params=plain(entry.get("params") or {}),
-            lock_hash=sha256_json(entry),
+            **stage_fields(entry),
             metrics=_read_metrics(
                 root, [*metrics_files.get(str(name), []), timings_file(str(name))], report.notes
             ),

@@ -19,7 +19,6 @@ sampler: a sampler can only help through step 1, and steps 2-3 cap what it can g
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,34 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from msjoe.mllm.parsing import option_letter
+from msjoe.world.events import VideoEvent, shown_events
 from msjoe.world.reasoning import implied_option
 
-__all__ = ["diagnose", "load_events", "seen_list", "shown_events"]
+__all__ = ["diagnose", "seen_list"]
 
 _SEEN = re.compile(r"Seen:\s*(.*?)\.\s*<answer>", re.DOTALL)
 _NOTHING = "nothing"
-
-
-def load_events(world_dir: Path) -> dict[str, list[tuple[int, int, str]]]:
-    """``video id -> [(start_frame, end_frame, caption), ...]`` in time order (``events.jsonl``)."""
-    out: dict[str, list[tuple[int, int, str]]] = {}
-    for line in (Path(world_dir) / "events.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out[row["video_id"]] = sorted(
-                (int(e["start_frame"]), int(e["end_frame"]), str(e["caption"])) for e in row["events"]
-            )
-    return out
-
-
-def shown_events(events: Sequence[tuple[int, int, str]], frames: Sequence[int]) -> list[str]:
-    """Captions of the events some frame in ``frames`` shows, each event once, in time order.
-
-    >>> shown_events([(0, 2, "a red star"), (5, 6, "a blue circle")], [1, 2, 9])
-    ['a red star']
-    """
-    chosen = [int(f) for f in frames]
-    return [caption for start, end, caption in events if any(start <= f <= end for f in chosen)]
 
 
 def seen_list(reply: str) -> list[str] | None:
@@ -83,7 +62,7 @@ def _rate(values: pd.Series) -> float | None:
 
 
 def diagnose(
-    predictions: pd.DataFrame, questions: pd.DataFrame, events: Mapping[str, Sequence[tuple[int, int, str]]], budget: int
+    predictions: pd.DataFrame, questions: pd.DataFrame, events: Mapping[str, Sequence[VideoEvent]], budget: int
 ) -> dict[str, Any]:
     """Per sampler at ``budget`` (and per number of events shown): accuracy, evidence
     completeness, events shown, list exactness and how often the answer follows the list.
@@ -108,7 +87,7 @@ def diagnose(
             "complete": getattr(row, "evidence_complete", None),
             "events_shown": len(shown),
             "list_exact": None if listed is None else listed == shown,
-            "follows_list": None if implied is None else row.prediction == "ABCDEFGHIJ"[implied],
+            "follows_list": None if implied is None else row.prediction == option_letter(implied),
         })
     table = pd.DataFrame.from_records(records)
 
