@@ -1,5 +1,6 @@
-"""What the two RL stages (``train_sampler``, ``train_joint``) share: the command line, the
-run-level keys of their params section, and the frozen-CLIP pipeline they train in.
+"""What the stages around RL (``difficulty``, ``train_sampler``, ``train_joint``) share: the
+command line, the run-level keys of their params section, and the frozen-CLIP pipeline they
+run in.
 
 Both run as ``python stages/<stage>.py``, ``python -m stages.<stage>`` or under the DeepSpeed
 launcher (``--local_rank`` is accepted and ignored: DeepSpeed passes the rank in the
@@ -19,19 +20,24 @@ from typing import Any
 RUN_KEYS = ("threads", "split", "max_questions", "pipeline", "device", "dtype")
 
 
-def arguments(description: str, out_help: str) -> argparse.ArgumentParser:
-    """The inputs and outputs both stages take; a stage adds its own before parsing."""
-    parser = argparse.ArgumentParser(description=description)
+def add_inputs(parser: argparse.ArgumentParser) -> None:
+    """The training questions, their videos and features, the two models and the params file."""
     parser.add_argument("--questions", type=Path, required=True, help="ingest's questions.parquet")
     parser.add_argument("--video-root", type=Path, required=True)
     parser.add_argument("--features", type=Path, required=True, help="the embed stage's feature cache")
     parser.add_argument("--clip", type=Path, required=True, help="directory with clip.json")
     parser.add_argument("--mllm", type=Path, required=True, help="directory with mllm.json (the MLLM to start from)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+
+
+def arguments(description: str, out_help: str) -> argparse.ArgumentParser:
+    """The inputs and outputs both training stages take; a stage adds its own before parsing."""
+    parser = argparse.ArgumentParser(description=description)
+    add_inputs(parser)
     parser.add_argument("--out", type=Path, required=True, help=out_help)
     parser.add_argument("--checkpoints", type=Path, required=True, help="resumable checkpoints (persisted)")
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--plots", type=Path, required=True, help="per-step training curves (DVC plot)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
