@@ -5,6 +5,10 @@ that sampler), so a baseline can be evaluated as published and with generated qu
 claims declared under ``evaluate.claims`` are checked against the samplers and budgets before
 anything runs and tested on the per-question predictions at the end (report key ``claims``).
 
+Under ``torchrun`` (``--nproc_per_node N``, or several nodes) each rank runs its share of the
+query and answer batches (:func:`msjoe.evaluate.evaluate`) and rank 0 writes the outputs, which
+equal a single process's for the same ``threads``.
+
 Also runs on any benchmark converted to our schema and ingested (``--questions``); with
 ``benchmark: videomme|mlvu|longvideobench|lvbench`` the report adds that benchmark's published
 scores (``official``, ``official_breakdown``).
@@ -45,6 +49,10 @@ def main() -> None:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"{args.params}: {err}") from None
     deterministic(cfg.threads, cfg.seed)
+    from msjoe.shards import close, init_from_env, local_device
+
+    rank, world = init_from_env(cfg.device)  # under torchrun: each rank answers its share of the turns
+    device = local_device(cfg.device)
 
     from msjoe.clip.model import load_clip
     from msjoe.evaluate import accuracy_plot_rows, claims_report, evaluate, merge_results, parse_claims
@@ -78,12 +86,12 @@ def main() -> None:
         if name not in mllms:
             raise SystemExit(f"sampler {label}: unknown mllm {name!r}; given: {', '.join(mllms)}")
         groups[name][label] = load_sampler(spec.name, spec.params)
-    clip = load_clip(args.clip, device=cfg.device)
+    clip = load_clip(args.clip, device=device)
     results = []
     for name, samplers in groups.items():
         if not samplers:
             continue
-        pipeline = Pipeline(clip, load_prepared_mllm(Path(mllms[name]), device=cfg.device),
+        pipeline = Pipeline(clip, load_prepared_mllm(Path(mllms[name]), device=device),
                             next(iter(samplers.values())), FeatureStore(args.features), pipeline_cfg)
         results.append(evaluate(
             questions, args.video_root, pipeline, samplers, budgets,
@@ -94,7 +102,10 @@ def main() -> None:
         ))
     result = merge_results(results, cfg.benchmark)
     timings = result.report.pop("timings", {})
-    write_timings("evaluate", timings)
+    if rank != 0:  # every rank holds the whole result; rank 0 writes it
+        close()
+        return
+    write_timings("evaluate", {**timings, "processes": world})
     report = {**result.report, "split": cfg.split, "questions_file": str(args.questions), "params": p}
     report["claims"] = claims_report(result.predictions, claims, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     write_report(args.out, report)
@@ -122,6 +133,7 @@ def main() -> None:
     for name, claim in report["claims"].items():
         log.info("claim %s: %s (p=%s)", name, "holds" if claim["holds"] else "does not hold",
                  claim.get("p", {k: c["p"] for k, c in claim.get("comparisons", {}).items()}))
+    close()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,7 @@ from msjoe.features import VideoFeatures
 from msjoe.mllm.parsing import has_answer_tag
 from msjoe.pipeline import FrameSource, Pipeline, query_source
 from msjoe.sampling.base import FrameSampler, Selection
+from msjoe.shards import all_gather, rank_and_world
 from msjoe.stats import holm, mcnemar_exact, noninferiority_test, paired_bootstrap, wilson_interval
 from msjoe.video import resolve_video
 
@@ -80,6 +81,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ORACLE = "oracle"
 QUERY_MODES = ("none", "question", "generated")
@@ -389,6 +391,27 @@ def query_modes(
 
 
 # ------------------------------------------------------------------------------ the run
+def _my_batches(keys: Sequence[T], batch_size: int, rank: int, world: int) -> list[Sequence[T]]:
+    """This rank's batches of ``keys``: the single-process batches, dealt round-robin.
+
+    Every batch holds exactly what it holds in a single process, so each turn is computed
+    with the same batch mates (and padding) as there: a sharded run gives the same replies
+    bit for bit (for the same thread count per process).
+
+    >>> _my_batches(list("abcde"), 2, 1, 2)
+    [['c', 'd']]
+    """
+    batches = [keys[start : start + batch_size] for start in range(0, len(keys), batch_size)]
+    return batches[rank::world]
+
+
+def _merged(results: dict[Any, Any], world: int) -> dict[Any, Any]:
+    """Every rank's share of a turn's results, on every rank (no-op in one process)."""
+    if world == 1:
+        return results
+    return {key: value for share in all_gather(results) for key, value in share.items()}
+
+
 def evaluate(
     questions: pd.DataFrame,
     video_root: Path,
@@ -423,6 +446,7 @@ def evaluate(
     if ORACLE in samplers:
         raise ValueError(f"{ORACLE!r} is reserved for the evidence upper bound")
     modes = query_modes(samplers, queries)
+    rank, world = rank_and_world()
     started = time.perf_counter()
     wall: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -458,10 +482,10 @@ def evaluate(
             positions = Pipeline.preview_positions(len(items[i].features.indices), 2 * n_preview)
             preview_needed[items[i].row.video].update(int(x) for x in items[i].features.indices[positions])
         tick = time.perf_counter()
-        bar = tqdm(total=len(keys), desc="query turns", disable=not progress)
+        batches = _my_batches(keys, pipeline.cfg.batch_size, rank, world)
+        bar = tqdm(total=sum(map(len, batches)), desc="query turns", disable=not progress)
         source: tuple[str, FrameSource] | None = None
-        for start in range(0, len(keys), pipeline.cfg.batch_size):
-            chunk = keys[start : start + pipeline.cfg.batch_size]
+        for chunk in batches:
             conversations, texts, tokens = [], [], []
             for i, n_preview in chunk:
                 item = items[i]
@@ -477,6 +501,7 @@ def evaluate(
                 generated[key] = (parsed.queries, parsed.ok, raw, tok)
             bar.update(len(chunk))
         bar.close()
+        generated = _merged(generated, world)
         wall["query"] += time.perf_counter() - tick
         counts["query"] = len(keys)
 
@@ -539,15 +564,15 @@ def evaluate(
     # 5. answer turns per distinct (question, frame set), batched in video order
     answer_keys = sorted({(p["i"], tuple(p["selection"].indices.tolist())) for p in plans})
     answers: dict[tuple[int, tuple[int, ...]], tuple[str | None, str, int]] = {}
-    bar = tqdm(total=len(answer_keys), desc="answer turns", disable=not progress)
+    batches = _my_batches(answer_keys, pipeline.cfg.batch_size, rank, world)
+    bar = tqdm(total=sum(map(len, batches)), desc="answer turns", disable=not progress)
     source = None
     answer_pixels = pipeline.cfg.answer_size**2 if pipeline.cfg.answer_size else None
     # every frame a video's answer turns need, decoded in one sorted pass (seeks are the cost)
     needed: dict[str, set[int]] = defaultdict(set)
-    for i, positions in answer_keys:
+    for i, positions in (key for chunk in batches for key in chunk):
         needed[items[i].row.video].update(int(x) for x in items[i].features.indices[list(positions)])
-    for start in range(0, len(answer_keys), pipeline.cfg.batch_size):
-        chunk = answer_keys[start : start + pipeline.cfg.batch_size]
+    for chunk in batches:
         tick = time.perf_counter()
         batch_frames = []
         for i, positions in chunk:
@@ -568,6 +593,7 @@ def evaluate(
             answers[key] = (letter, text, pipeline.visual_tokens(frames, answer_pixels))
         bar.update(len(chunk))
     bar.close()
+    answers = _merged(answers, world)
     counts["decode"] = counts["answer"] = len(answer_keys)
 
     # 6. per-question predictions
@@ -612,7 +638,7 @@ def evaluate(
         "n_questions": len(items),
         "n_videos": len(per_video),
         "query_turns": counts["query"],
-        "query_fallbacks": pipeline.query_failures - failures_before,
+        "query_fallbacks": sum(all_gather(pipeline.query_failures - failures_before)),
         "answer_turns": counts["answer"],
         "answer_turns_saved_by_sharing": len(plans) - counts["answer"],
         # run-dependent measurements: the stage writes them apart from its metrics

@@ -1,5 +1,5 @@
-"""The embed stage under `torchrun` with 2 gloo processes gives the single-process features bit
-for bit, and a sharded rerun after a partial run embeds only what is missing."""
+"""The embed and evaluate stages under `torchrun` with 2 gloo processes give the single-process
+outputs bit for bit, and a sharded embed rerun after a partial run embeds only what is missing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from msjoe.video import probe_video, sha256_file
 from tests.media import write_video
 from tests.models import write_random_clip
 from tests.launcher import without_launcher_env
+from tests.unit.test_pipeline import clip_dir, mllm_dir, questions, world  # noqa: F401 (shared module fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBED = {"fps": 2.0, "max_candidates": 10, "batch_size": 4, "chunk_frames": 4, "decode_workers": 0,
@@ -82,3 +83,66 @@ def test_a_sharded_rerun_embeds_only_what_a_dead_run_left_undone(setup: Path, si
     rerun = _embed(setup, "partial", 2)
     assert rerun["cached"] == 1 + 2 and rerun["embedded"] == 3 and rerun["failed"] == 0
     assert _feature_bytes(partial) == _feature_bytes(setup / "single")
+
+
+# ----------------------------------------------------------------------------- sharded evaluate
+
+EVALUATE = {
+    "split": "eval", "budgets": [2, 4], "oracle": True, "n_example_figures": 1, "threads": 1, "seed": 0,
+    "device": "cpu", "claims": [], "bootstrap_resamples": 100,
+    "samplers": {"uniform": {"name": "uniform"}, "clip_topk_gen": {"name": "clip_topk", "queries": "generated"},
+                 "aks": {"name": "aks", "params": {"max_depth": 3}, "queries": "question"},
+                 "msjoe_untrained": {"name": "msjoe", "params": {"seed": 0, "config": "tiny"}}},
+    # batches of 3 turns: each rank gets several, of unequal sizes
+    "pipeline": {"n_queries": 4, "preview_size": 16, "answer_size": 32, "max_new_tokens": 6,
+                 "query_max_new_tokens": 16, "batch_size": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory: pytest.TempPathFactory, world: Path, questions: pd.DataFrame,  # noqa: F811
+               clip_dir: Path, mllm_dir: Path) -> Path:  # noqa: F811
+    """A demo world's eval questions with their features cached (as embed leaves them)."""
+    from msjoe.clip.model import load_clip
+    from msjoe.features import FeatureStore
+    from msjoe.pipeline import Pipeline, PipelineConfig
+    from msjoe.sampling import build_sampler
+
+    work = tmp_path_factory.mktemp("sharded_eval")
+    questions.assign(split="eval").to_parquet(work / "questions.parquet", index=False)
+    embed = {"fps": 2.0, "max_candidates": 32}
+    (work / "params.yaml").write_text(yaml.safe_dump({"embed": embed, "evaluate": EVALUATE}))
+    pipeline = Pipeline(load_clip(clip_dir), None, build_sampler("uniform"), FeatureStore(work / "features"),  # type: ignore[arg-type]
+                        PipelineConfig(**embed))
+    for video, sha in questions[["video", "sha256"]].drop_duplicates().itertuples(index=False):
+        pipeline.video_features(world / video, sha)
+    return work
+
+
+def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str, processes: int) -> tuple[dict, pd.DataFrame]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    args = [str(ROOT / "stages" / "evaluate.py"), "--questions", "questions.parquet", "--video-root", str(world),
+            "--features", "features", "--clip", str(clip_dir), "--mllm", f"base={mllm_dir}",
+            "--out", f"{out}/evaluate.json", "--predictions", f"{out}/predictions.parquet",
+            "--plots", f"{out}/plot.json", "--figures", f"{out}/figures", "--params", "params.yaml"]
+    command = (launcher if processes > 1 else [sys.executable]) + args
+    env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return json.loads((work / out / "evaluate.json").read_text()), pd.read_parquet(work / out / "predictions.parquet")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, world: Path, clip_dir: Path,  # noqa: F811
+                                                  mllm_dir: Path) -> None:  # noqa: F811
+    report, predictions = _evaluate(eval_setup, world, clip_dir, mllm_dir, "single", 1)
+    sharded_report, sharded = _evaluate(eval_setup, world, clip_dir, mllm_dir, "sharded", 2)
+    assert len(predictions) == len(world_questions(eval_setup)) * 5 * 2  # 4 samplers + the oracle, 2 budgets
+    assert report["answer_turns"] > 2 * EVALUATE["pipeline"]["batch_size"]  # both ranks had batches to answer
+    pd.testing.assert_frame_equal(sharded, predictions)  # every reply, frame and weight, bit for bit
+    assert sharded_report == report
+    assert (eval_setup / "sharded" / "plot.json").read_bytes() == (eval_setup / "single" / "plot.json").read_bytes()
+
+
+def world_questions(work: Path) -> pd.DataFrame:
+    return pd.read_parquet(work / "questions.parquet")
