@@ -241,10 +241,6 @@ def retrain(
     evaluate_stage: str = "evaluate",
     evaluation_report: str = "reports/evaluate.json",
     package_stage: str = "package",
-    gate_metric: str = "accuracy",
-    gate_sampler: str = "msjoe",
-    gate_budget: int | None = None,
-    gate_margin: float = 0.01,
     force_promote: bool = False,
     trigger: str | None = None,
 ) -> dict[str, Any]:
@@ -252,8 +248,8 @@ def retrain(
 
     ``repo`` defaults to ``$MSJOE_ROOT`` or the working directory. Stages run in ``dvc.yaml``'s
     DAG order; ``package_stage`` and everything downstream of it run only when the gate
-    promotes. The gate reads ``package.gate`` (metric, sampler, budget, margin) from params.yaml
-    and falls back to the ``gate_*`` parameters. ``retries`` / ``retry_delay_s`` set the stage
+    promotes. The gate's settings are params.yaml's ``package.gate`` (metric, sampler, budget,
+    margin): the flow takes operational parameters only. ``retries`` / ``retry_delay_s`` set the stage
     retries (delay doubles each attempt); ``lock_timeout_s`` how long to wait for another run on
     the same workspace. Returns a summary (stages, gate verdict, release tag).
     """
@@ -283,7 +279,7 @@ def retrain(
                 _evaluate_and_gate(
                     root, stages, gated, run_id, staged, stage_timeout_s,
                     evaluate_stage, evaluation_report, package_stage, force_promote,
-                    gate_config(read_params(root), GateConfig(gate_metric, gate_sampler, gate_budget, gate_margin)),
+                    gate_config(read_params(root)),
                 )
             )
         except BaseException:

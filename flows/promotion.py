@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 #: Float tolerance so that 0.66 - 0.65 counts as a 0.01 improvement.
@@ -61,28 +61,17 @@ class GateConfig:
         return asdict(self)
 
 
-def gate_config(params: Mapping[str, Any] | None, fallback: GateConfig) -> GateConfig:
-    """The gate settings from params.yaml's ``package`` section, else ``fallback``'s.
+def gate_config(params: Mapping[str, Any] | None) -> GateConfig:
+    """The gate settings: params.yaml's ``package.gate`` (metric, sampler, budget, margin), with
+    :class:`GateConfig`'s defaults for what it leaves out.
 
-    Hyperparameters live in params.yaml, so when the ``package`` section names the gate
-    (``package.gate.{metric,sampler,budget,margin}``, or the same keys directly under
-    ``package``) those values win over the flow's parameters.
+    Hyperparameters live in params.yaml, not in the flow's parameters, so a run's gate is
+    versioned with the commit; a misspelt key is an error, not a silent default.
     """
-    section = (params or {}).get("package")
-    if not isinstance(section, Mapping):
-        return fallback
-    gate = section.get("gate")
-    source: Mapping[str, Any] = gate if isinstance(gate, Mapping) else section
-    updates: dict[str, Any] = {}
-    if source.get("metric") is not None:
-        updates["metric"] = str(source["metric"])
-    if source.get("sampler") is not None:
-        updates["sampler"] = str(source["sampler"])
-    if source.get("budget") is not None:
-        updates["budget"] = int(source["budget"])
-    if source.get("margin") is not None:
-        updates["margin"] = float(source["margin"])
-    return replace(fallback, **updates)
+    from msjoe.config import from_mapping
+
+    gate = ((params or {}).get("package") or {}).get("gate") or {}
+    return from_mapping(GateConfig, gate, "package.gate")
 
 
 def candidate_score(report: Mapping[str, Any], cfg: GateConfig) -> tuple[float | None, int | None, str]:

@@ -47,11 +47,11 @@ def test_nan_and_bad_margins() -> None:
         should_promote(0.9, math.nan, 0.0)
 
 
-def test_params_yaml_gate_settings_win_over_flow_parameters() -> None:
-    fallback = GateConfig(metric="accuracy", sampler="msjoe", budget=None, margin=0.01)
-    assert gate_config({}, fallback) == fallback
-    assert gate_config({"package": {"gate": {"budget": 8, "margin": 0.05}}}, fallback) == GateConfig("accuracy", "msjoe", 8, 0.05)
-    assert gate_config({"package": {"sampler": "msjoe_joint", "metric": "official"}}, fallback) == GateConfig("official", "msjoe_joint", None, 0.01)
+def test_the_gate_settings_come_from_params_yaml() -> None:
+    assert gate_config({}) == GateConfig() == gate_config({"package": {"metric": "official"}})  # not package's own keys
+    assert gate_config({"package": {"gate": {"budget": 8, "margin": 0.05}}}) == GateConfig("accuracy", "msjoe", 8, 0.05)
+    with pytest.raises(ValueError, match=r"unknown package.gate parameters: \['sampler_name'\]"):
+        gate_config({"package": {"gate": {"sampler_name": "msjoe_joint"}}})
 
 
 def test_candidate_score_uses_the_largest_budget_unless_told() -> None:
