@@ -8,7 +8,7 @@ from pathlib import Path
 
 from _common import params, setup, write_report
 
-from msjoe.package import Candidate, package_release
+from msjoe.package import Candidate, PackageConfig, package_release
 from msjoe.store import database_url, git_rev
 
 
@@ -31,10 +31,13 @@ def main() -> None:
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
     setup("package")
-    p = params("package")
+    try:
+        cfg = PackageConfig.from_mapping(params("package"))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"params.yaml: {err}") from None
     samplers = params("evaluate")["samplers"]
     embed = params("embed")
-    release = dict(p.get("release", {}))
+    release = dict(cfg.release)
     # the service samples candidates exactly as the pipeline did (same fps and cap)
     release["pipeline"] = {**release.get("pipeline", {}), "fps": embed["fps"], "max_candidates": embed["max_candidates"]}
     revision = git_rev(Path.cwd())
@@ -42,11 +45,11 @@ def main() -> None:
         json.loads(args.evaluation.read_text()),
         [_candidate(spec, samplers) for spec in args.candidate],
         args.clip,
-        metric=p["metric"],
-        budget=int(p["budget"]),
-        direction=p.get("direction", "max"),
+        metric=cfg.metric,
+        budget=cfg.budget,
+        direction=cfg.direction,
         release_cfg=release,
-        bentofile=args.bentofile if p.get("build_bento", True) else None,
+        bentofile=args.bentofile if cfg.build_bento else None,
         build_ctx=Path.cwd(),
         labels={"git_rev": revision or "unknown", "project": "msjoe"},
         db_url=database_url(Path.cwd()),

@@ -23,6 +23,38 @@ FINGERPRINT_LABEL = "release_fingerprint"
 
 
 @dataclass(frozen=True)
+class PackageConfig:
+    """The package stage's settings (params.yaml ``package``); unknown keys are an error.
+
+    ``metric`` at ``budget`` picks the winner (``direction``: ``max`` or ``min``); ``build_bento``:
+    also build the bento (else only import the model); ``release``: the served configuration
+    (:class:`~msjoe.serving.release.ReleaseConfig` fields; the stage adds the candidate fps and
+    cap from ``embed``); ``gate``: the retraining flow's promotion gate, read by the flow
+    (``flows/promotion.py``), not by this stage.
+    """
+
+    metric: str = "accuracy"
+    budget: int = 8
+    direction: str = "max"
+    build_bento: bool = True
+    release: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("max", "min"):
+            raise ValueError(f"direction must be 'max' or 'min', got {self.direction!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PackageConfig:
+        from msjoe.config import from_mapping
+
+        def plain(value: Any) -> dict[str, Any]:
+            return dict(value or {})
+
+        return from_mapping(cls, values, "package", nested={"release": plain, "gate": plain})
+
+
+@dataclass(frozen=True)
 class Candidate:
     """An evaluated configuration the service can run: a sampler (+ checkpoint) and an MLLM."""
 

@@ -10,6 +10,7 @@ import yaml
 
 from msjoe import config
 from msjoe.evaluate import EvaluateConfig
+from msjoe.package import PackageConfig
 from msjoe.mllm.pretrain import MLLMPretrainConfig
 from msjoe.pipeline import PipelineConfig
 from msjoe.rl.difficulty import DifficultyConfig
@@ -36,6 +37,7 @@ def test_doctests_pass() -> None:
         (ServingLimits, "serving limit"),
         (ReleaseConfig, "release config"),
         (EvaluateConfig, "evaluate"),
+        (PackageConfig, "package"),
     ],
 )
 def test_a_misspelt_key_is_named_not_ignored(kind: type, what: str) -> None:
@@ -59,6 +61,15 @@ def test_the_shipped_evaluate_sections_are_valid(params_file: str) -> None:
     cfg = EvaluateConfig.from_mapping(section)
     assert list(cfg.samplers) == list(section["samplers"])
     assert cfg.budgets == tuple(section["budgets"]) and cfg.labels[-1] == "oracle"
+
+
+def test_the_shipped_package_section_is_valid() -> None:
+    section = yaml.safe_load(open("params.yaml"))["package"]
+    cfg = PackageConfig.from_mapping(section)
+    assert (cfg.metric, cfg.budget, cfg.release, cfg.gate) == (
+        section["metric"], section["budget"], section["release"], section["gate"])
+    with pytest.raises(ValueError, match="direction"):
+        PackageConfig.from_mapping({"direction": "up"})
 
 
 def test_evaluate_checks_every_sampler_entry_as_strictly() -> None:
