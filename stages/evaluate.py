@@ -7,7 +7,8 @@ anything runs and tested on the per-question predictions at the end (report key 
 
 Under ``torchrun`` (``--nproc_per_node N``, or several nodes) each rank runs its share of the
 query and answer batches (:func:`msjoe.evaluate.evaluate`) and rank 0 writes the outputs, which
-equal a single process's for the same ``threads``.
+equal a single process's for the same ``threads``. With ``--turn-cache`` every finished batch
+of turns is kept, so a killed run (or a dead rank) resumes from what was done.
 
 Also runs on any benchmark converted to our schema and ingested (``--questions``); with
 ``benchmark: videomme|mlvu|longvideobench|lvbench`` the report adds that benchmark's published
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, required=True, help="accuracy vs budget rows (DVC plot)")
     parser.add_argument("--figures", type=Path, required=True, help="directory of per-example figures")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
+    parser.add_argument("--turn-cache", type=Path, help="finished batches of turns (kept between runs: a killed run resumes)")
     args = parser.parse_args()
     log = setup("evaluate")
     p = params("evaluate", args.params)
@@ -99,6 +101,7 @@ def main() -> None:
             n_examples=cfg.n_example_figures if name == default else 0,
             evidence_tolerance_s=cfg.evidence_tolerance_s,
             queries={label: cfg.samplers[label].queries for label in samplers},
+            turn_cache=args.turn_cache / name if args.turn_cache is not None else None,
         ))
     result = merge_results(results, cfg.benchmark)
     timings = result.report.pop("timings", {})

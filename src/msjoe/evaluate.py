@@ -40,7 +40,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ from msjoe.features import VideoFeatures
 from msjoe.mllm.parsing import has_answer_tag
 from msjoe.pipeline import FrameSource, Pipeline, query_source
 from msjoe.sampling.base import FrameSampler, Selection
+from msjoe.batch_cache import BatchCache
 from msjoe.shards import all_gather, rank_and_world
 from msjoe.stats import holm, mcnemar_exact, noninferiority_test, paired_bootstrap, wilson_interval
 from msjoe.video import resolve_video
@@ -405,6 +406,23 @@ def _my_batches(keys: Sequence[T], batch_size: int, rank: int, world: int) -> li
     return batches[rank::world]
 
 
+def _turn_context(pipeline: Pipeline) -> dict[str, Any]:
+    """What every turn's reply depends on besides its own inputs: the MLLM's weights, the
+    pipeline's settings, torch's thread count (float reductions split per thread) and the
+    versions of the libraries that compute it."""
+    import torch
+    import transformers
+
+    return {"mllm": getattr(pipeline.mllm, "identity", None), "cfg": asdict(pipeline.cfg),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _content(item: _Item) -> str:
+    """The video's content hash (ingest's), else its path."""
+    sha = getattr(item.row, "sha256", None)
+    return sha if isinstance(sha, str) and sha else str(item.path)
+
+
 def _merged(results: dict[Any, Any], world: int) -> dict[Any, Any]:
     """Every rank's share of a turn's results, on every rank (no-op in one process)."""
     if world == 1:
@@ -425,6 +443,7 @@ def evaluate(
     evidence_tolerance_s: float = 0.0,
     queries: Mapping[str, str | None] | None = None,
     progress: bool = True,
+    turn_cache: Path | None = None,
 ) -> EvalResult:
     """Run every sampler (``label -> sampler``) at every budget on ``questions``.
 
@@ -434,6 +453,11 @@ def evaluate(
     least one question has evidence. ``n_examples`` questions (the first ones) keep traces
     for figures, at the largest budget. ``queries`` overrides, per label, where a sampler's
     queries come from (``none``, ``question`` or ``generated``; :func:`query_modes`).
+
+    Under ``torchrun`` each rank runs its share of the query and answer batches (the
+    single-process batches, dealt round-robin) and every rank returns the whole result. With
+    ``turn_cache`` every finished batch of turns is saved there (:class:`~msjoe.batch_cache.BatchCache`),
+    so a killed run, or one whose rank died, resumes from the batches already done.
     """
     from tqdm import tqdm
 
@@ -447,10 +471,11 @@ def evaluate(
         raise ValueError(f"{ORACLE!r} is reserved for the evidence upper bound")
     modes = query_modes(samplers, queries)
     rank, world = rank_and_world()
+    cache = BatchCache(turn_cache, _turn_context(pipeline)) if turn_cache is not None else None
+    used: list[str] = []  # every batch digest of this run (to prune other runs' batches)
     started = time.perf_counter()
     wall: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    failures_before = pipeline.query_failures
 
     # 1. candidate features, one load per video (questions sorted by video so frame caches stay small)
     tick = time.perf_counter()
@@ -482,10 +507,26 @@ def evaluate(
             positions = Pipeline.preview_positions(len(items[i].features.indices), 2 * n_preview)
             preview_needed[items[i].row.video].update(int(x) for x in items[i].features.indices[positions])
         tick = time.perf_counter()
+
+        def query_inputs(key: tuple[int, int]) -> list[Any]:
+            item = items[key[0]]
+            previews = item.features.indices[Pipeline.preview_positions(len(item.features.indices), 2 * key[1])]
+            return [item.row.qid, item.row.question, list(item.row.options), _content(item), previews.tolist()]
+
         batches = _my_batches(keys, pipeline.cfg.batch_size, rank, world)
+        if cache is not None:
+            used += [cache.digest("query", [query_inputs(k) for k in chunk])
+                     for chunk in _my_batches(keys, pipeline.cfg.batch_size, 0, 1)]
         bar = tqdm(total=sum(map(len, batches)), desc="query turns", disable=not progress)
         source: tuple[str, FrameSource] | None = None
         for chunk in batches:
+            digest = cache.digest("query", [query_inputs(k) for k in chunk]) if cache is not None else ""
+            done = cache.load(digest) if cache is not None else None
+            if done is not None:
+                generated.update((key, tuple(value)) for key, value in zip(chunk, done, strict=True))
+                counts["query_resumed"] += len(chunk)
+                bar.update(len(chunk))
+                continue
             conversations, texts, tokens = [], [], []
             for i, n_preview in chunk:
                 item = items[i]
@@ -499,6 +540,8 @@ def evaluate(
                 tokens.append(pipeline.visual_tokens(previews, pipeline.cfg.preview_size**2))
             for key, (parsed, raw), tok in zip(chunk, pipeline.generate_queries(conversations, texts), tokens, strict=True):
                 generated[key] = (parsed.queries, parsed.ok, raw, tok)
+            if cache is not None:
+                cache.save(digest, [list(generated[key]) for key in chunk])
             bar.update(len(chunk))
         bar.close()
         generated = _merged(generated, world)
@@ -564,7 +607,25 @@ def evaluate(
     # 5. answer turns per distinct (question, frame set), batched in video order
     answer_keys = sorted({(p["i"], tuple(p["selection"].indices.tolist())) for p in plans})
     answers: dict[tuple[int, tuple[int, ...]], tuple[str | None, str, int]] = {}
+
+    def answer_inputs(key: tuple[int, tuple[int, ...]]) -> list[Any]:
+        item = items[key[0]]
+        frames = item.features.indices[list(key[1])]
+        return [item.row.qid, item.row.question, list(item.row.options), _content(item), frames.tolist()]
+
     batches = _my_batches(answer_keys, pipeline.cfg.batch_size, rank, world)
+    if cache is not None:
+        used += [cache.digest("answer", [answer_inputs(k) for k in chunk])
+                 for chunk in _my_batches(answer_keys, pipeline.cfg.batch_size, 0, 1)]
+        todo = []
+        for chunk in batches:
+            done = cache.load(cache.digest("answer", [answer_inputs(k) for k in chunk]))
+            if done is None:
+                todo.append(chunk)
+                continue
+            answers.update((key, tuple(value)) for key, value in zip(chunk, done, strict=True))
+            counts["answer_resumed"] += len(chunk)
+        batches = todo
     bar = tqdm(total=sum(map(len, batches)), desc="answer turns", disable=not progress)
     source = None
     answer_pixels = pipeline.cfg.answer_size**2 if pipeline.cfg.answer_size else None
@@ -591,9 +652,13 @@ def evaluate(
         wall["answer"] += time.perf_counter() - tick
         for key, (letter, text), frames in zip(chunk, replies, batch_frames, strict=True):
             answers[key] = (letter, text, pipeline.visual_tokens(frames, answer_pixels))
+        if cache is not None:
+            cache.save(cache.digest("answer", [answer_inputs(k) for k in chunk]), [list(answers[key]) for key in chunk])
         bar.update(len(chunk))
     bar.close()
     answers = _merged(answers, world)
+    if cache is not None and rank == 0:
+        cache.prune(used)
     counts["decode"] = counts["answer"] = len(answer_keys)
 
     # 6. per-question predictions
@@ -638,7 +703,7 @@ def evaluate(
         "n_questions": len(items),
         "n_videos": len(per_video),
         "query_turns": counts["query"],
-        "query_fallbacks": sum(all_gather(pipeline.query_failures - failures_before)),
+        "query_fallbacks": sum(not ok for _, ok, *_ in generated.values()),
         "answer_turns": counts["answer"],
         "answer_turns_saved_by_sharing": len(plans) - counts["answer"],
         # run-dependent measurements: the stage writes them apart from its metrics
@@ -648,6 +713,7 @@ def evaluate(
                 for stage in ("features", "query", "similarity", "sampler", "decode", "answer")
             },
             "stage_seconds": {k: round(v, 3) for k, v in wall.items()},
+            "resumed_turns": {"query": counts["query_resumed"], "answer": counts["answer_resumed"]},
             "seconds": round(total, 3),
         },
     })

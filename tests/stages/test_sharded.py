@@ -119,12 +119,14 @@ def eval_setup(tmp_path_factory: pytest.TempPathFactory, world: Path, questions:
     return work
 
 
-def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str, processes: int) -> tuple[dict, pd.DataFrame]:
+def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str, processes: int,
+              turn_cache: str | None = None) -> tuple[dict, pd.DataFrame]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     args = [str(ROOT / "stages" / "evaluate.py"), "--questions", "questions.parquet", "--video-root", str(world),
             "--features", "features", "--clip", str(clip_dir), "--mllm", f"base={mllm_dir}",
             "--out", f"{out}/evaluate.json", "--predictions", f"{out}/predictions.parquet",
             "--plots", f"{out}/plot.json", "--figures", f"{out}/figures", "--params", "params.yaml"]
+    args += ["--turn-cache", turn_cache] if turn_cache else []
     command = (launcher if processes > 1 else [sys.executable]) + args
     env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
@@ -132,17 +134,40 @@ def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str,
     return json.loads((work / out / "evaluate.json").read_text()), pd.read_parquet(work / out / "predictions.parquet")
 
 
+@pytest.fixture(scope="module")
+def eval_single(eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path) -> tuple[dict, pd.DataFrame]:  # noqa: F811
+    """The single-process evaluation every sharded one is compared with."""
+    return _evaluate(eval_setup, world, clip_dir, mllm_dir, "single", 1)
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, world: Path, clip_dir: Path,  # noqa: F811
-                                                  mllm_dir: Path) -> None:  # noqa: F811
-    report, predictions = _evaluate(eval_setup, world, clip_dir, mllm_dir, "single", 1)
+                                                  mllm_dir: Path, eval_single: tuple[dict, pd.DataFrame]) -> None:  # noqa: F811
+    report, predictions = eval_single
     sharded_report, sharded = _evaluate(eval_setup, world, clip_dir, mllm_dir, "sharded", 2)
-    assert len(predictions) == len(world_questions(eval_setup)) * 5 * 2  # 4 samplers + the oracle, 2 budgets
+    assert len(predictions) == len(pd.read_parquet(eval_setup / "questions.parquet")) * 5 * 2  # 4 samplers + oracle, 2 budgets
     assert report["answer_turns"] > 2 * EVALUATE["pipeline"]["batch_size"]  # both ranks had batches to answer
     pd.testing.assert_frame_equal(sharded, predictions)  # every reply, frame and weight, bit for bit
     assert sharded_report == report
     assert (eval_setup / "sharded" / "plot.json").read_bytes() == (eval_setup / "single" / "plot.json").read_bytes()
 
 
-def world_questions(work: Path) -> pd.DataFrame:
-    return pd.read_parquet(work / "questions.parquet")
+@pytest.mark.slow
+def test_a_killed_sharded_evaluate_redoes_only_the_batches_it_had_not_finished(
+    eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path, eval_single: tuple[dict, pd.DataFrame],  # noqa: F811
+) -> None:
+    """What a launch killed part-way leaves: some finished batches of turns. Here every other
+    batch file of a full run is deleted; the rerun loads the rest and gives the same result."""
+    _evaluate(eval_setup, world, clip_dir, mllm_dir, "full", 2, turn_cache="turns")
+    batches = sorted((eval_setup / "turns" / "base").glob("*.json"))
+    assert {p.name.split("-")[0] for p in batches} == {"query", "answer"}
+    for path in batches[::2]:
+        path.unlink()
+    (eval_setup / "turns" / "base" / "answer-from-another-run.json").write_text("[]")
+    report, predictions = _evaluate(eval_setup, world, clip_dir, mllm_dir, "resumed", 2, turn_cache="turns")
+    resumed = json.loads((eval_setup / "reports" / "timings" / "evaluate.json").read_text())["resumed_turns"]
+    total = report["query_turns"] + report["answer_turns"]
+    assert 0 < resumed["query"] + resumed["answer"] < total
+    pd.testing.assert_frame_equal(predictions, eval_single[1])
+    assert report == eval_single[0]
+    assert sorted((eval_setup / "turns" / "base").glob("*.json")) == batches  # redone, the stranger pruned
