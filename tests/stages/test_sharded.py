@@ -140,11 +140,16 @@ def eval_single(eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path) -
     return _evaluate(eval_setup, world, clip_dir, mllm_dir, "single", 1)
 
 
+@pytest.fixture(scope="module")
+def eval_sharded(eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path) -> tuple[dict, pd.DataFrame]:  # noqa: F811
+    """The same evaluation by 2 gloo ranks, keeping its finished batches of turns in ``turns/``."""
+    return _evaluate(eval_setup, world, clip_dir, mllm_dir, "sharded", 2, turn_cache="turns")
+
+
 @pytest.mark.slow
-def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, world: Path, clip_dir: Path,  # noqa: F811
-                                                  mllm_dir: Path, eval_single: tuple[dict, pd.DataFrame]) -> None:  # noqa: F811
-    report, predictions = eval_single
-    sharded_report, sharded = _evaluate(eval_setup, world, clip_dir, mllm_dir, "sharded", 2)
+def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, eval_single: tuple[dict, pd.DataFrame],
+                                                  eval_sharded: tuple[dict, pd.DataFrame]) -> None:
+    (report, predictions), (sharded_report, sharded) = eval_single, eval_sharded
     assert len(predictions) == len(pd.read_parquet(eval_setup / "questions.parquet")) * 5 * 2  # 4 samplers + oracle, 2 budgets
     assert report["answer_turns"] > 2 * EVALUATE["pipeline"]["batch_size"]  # both ranks had batches to answer
     pd.testing.assert_frame_equal(sharded, predictions)  # every reply, frame and weight, bit for bit
@@ -154,11 +159,11 @@ def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, world: Path,
 
 @pytest.mark.slow
 def test_a_killed_sharded_evaluate_redoes_only_the_batches_it_had_not_finished(
-    eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path, eval_single: tuple[dict, pd.DataFrame],  # noqa: F811
+    eval_setup: Path, world: Path, clip_dir: Path, mllm_dir: Path,  # noqa: F811
+    eval_single: tuple[dict, pd.DataFrame], eval_sharded: tuple[dict, pd.DataFrame],
 ) -> None:
     """What a launch killed part-way leaves: some finished batches of turns. Here every other
-    batch file of a full run is deleted; the rerun loads the rest and gives the same result."""
-    _evaluate(eval_setup, world, clip_dir, mllm_dir, "full", 2, turn_cache="turns")
+    batch file of the sharded run is deleted; the rerun loads the rest and gives the same result."""
     batches = sorted((eval_setup / "turns" / "base").glob("*.json"))
     assert {p.name.split("-")[0] for p in batches} == {"query", "answer"}
     for path in batches[::2]:
