@@ -9,7 +9,6 @@ import atexit
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,14 +36,6 @@ def params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:
 #: Where stages put run-dependent measurements (README "Reproducibility"): relative to the
 #: working directory the stages run in (the repository root); not a DVC output, gitignored.
 TIMINGS_DIR = Path("reports/timings")
-#: Key names of run-dependent values (wall/CPU time, throughput, memory, latency), which belong in
-#: TIMINGS_DIR and never in a stage's DVC metrics or plots. ``questions_per_step`` does not match.
-RUN_DEPENDENT_KEY = re.compile(
-    r"(seconds|(^|_)secs?$|_s$|per_s(ec)?$|rss|latency|timings?$|elapsed|wall|cpu_time|_at$)", re.IGNORECASE
-)
-#: Sub-trees of a report that echo inputs (params.yaml values such as ``evidence_tolerance_s``).
-ECHOED_INPUTS = frozenset({"params", "config"})
-
 _run: dict[str, Any] = {}
 
 
@@ -61,27 +52,10 @@ def setup(name: str) -> logging.Logger:
 
 
 def write_report(path: Path, payload: dict[str, Any]) -> None:
-    """A stage's DVC metrics or plot JSON: deterministic values only (see :func:`write_timings`)."""
+    """A stage's DVC metrics or plot JSON: deterministic values only; times, memory and run state
+    go to :func:`write_timings` (``tests/report_lint.py`` checks the reports for such keys)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
-
-
-def run_dependent_keys(payload: Any, path: str = "") -> list[str]:
-    """Paths (``a/b``) of the keys of ``payload`` named like run-dependent values, outside the
-    sub-trees that echo inputs; what :func:`write_report` payloads must not contain."""
-    found: list[str] = []
-    if isinstance(payload, Mapping):
-        for key, value in payload.items():
-            here = f"{path}/{key}"
-            if str(key) in ECHOED_INPUTS:
-                continue
-            if RUN_DEPENDENT_KEY.search(str(key)):
-                found.append(here)
-            found += run_dependent_keys(value, here)
-    elif isinstance(payload, list):
-        for i, value in enumerate(payload):
-            found += run_dependent_keys(value, f"{path}[{i}]")
-    return found
 
 
 def peak_rss_mb() -> float | None:

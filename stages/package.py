@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import params, setup, write_report
+from _common import params, setup, write_report, write_timings
 
 from msjoe.package import Candidate, PackageConfig, package_release
 from msjoe.store import database_url, git_rev
@@ -54,6 +54,8 @@ def main() -> None:
         labels={"git_rev": revision or "unknown", "project": "msjoe"},
         db_url=database_url(Path.cwd()),
     )
+    # whether the model and bento were already in this machine's store: run state, not a result
+    write_timings("package", {"reused": result.pop("reused")})
     write_report(args.report, result)
 
 

@@ -27,16 +27,16 @@ def main() -> None:
     run = _rl.split_section(params("train_joint", args.params))
     embed = params("embed", args.params)
     deterministic(run.threads, int(run.train.get("seed", 0)))
-    if args.sampler is not None:
-        run.train["sampler_init"] = str(args.sampler)
+    train = {**run.train, **({"sampler_init": str(args.sampler)} if args.sampler is not None else {})}
 
     from msjoe.rl.engine import dist_info
     from msjoe.rl.train_joint import JointTrainConfig, train_joint
 
-    cfg = JointTrainConfig.from_mapping(run.train)
+    cfg = JointTrainConfig.from_mapping(train)
     pipeline, items, counts = _rl.load_inputs(args, run, embed)
     report = train_joint(pipeline, items, args.out, args.checkpoints, cfg)
-    timings = report.pop("timings", {})
+    # the step a run resumed from depends on what an earlier run left behind: run state
+    timings = {**report.pop("timings", {}), "resumed_from": report.pop("resumed_from")}
     write_timings("train_joint", timings)
     if dist_info()[0] != 0 or not report["completed"]:
         return

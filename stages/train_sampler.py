@@ -36,7 +36,8 @@ def main() -> None:
     pipeline, items, counts = _rl.load_inputs(args, run, embed)
     difficulty, dropped = trainable_qids(pd.read_parquet(args.difficulty))
     report = train_sampler(pipeline, items, difficulty, args.out, args.checkpoints, cfg)
-    timings = report.pop("timings", {})
+    # the step a run resumed from depends on what an earlier run left behind: run state
+    timings = {**report.pop("timings", {}), "resumed_from": report.pop("resumed_from")}
     write_timings("train_sampler", timings)
     if dist_info()[0] != 0 or not report["completed"]:
         return

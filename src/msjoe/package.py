@@ -1,9 +1,11 @@
 """The package stage's one call: pick the winning checkpoint, store it, build the bento, record it.
 
 The winner is chosen by an evaluation metric at one budget among the candidates that can be
-served. Packaging is idempotent: a release is fingerprinted by what it contains (CLIP, MLLM and
-sampler weights, and the serving configuration), and a model or bento already carrying that
-fingerprint is reused instead of creating a new version.
+served. Packaging is idempotent and its tags are reproducible: a release is fingerprinted by
+what it contains (CLIP, MLLM and sampler weights, and the serving configuration) and the model
+is stored as ``msjoe:<fingerprint prefix>``; the bento's version hashes that fingerprint with
+every file the bentofile packs. The same inputs give the same tags on any machine, so the
+stage's report is the same everywhere, and a model or bento already in the store is reused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 FINGERPRINT_LABEL = "release_fingerprint"
+#: Hex digits of a fingerprint used as a BentoML version (versions are at most 63 characters).
+VERSION_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -100,32 +104,41 @@ def release_fingerprint(candidate: Candidate, clip_dir: Path, release_cfg: Mappi
     return digest.hexdigest()
 
 
-def _existing_model(fingerprint: str) -> str | None:
+def bento_fingerprint(bentofile: Path, build_ctx: Path, release: str) -> str:
+    """Content hash of the bento ``bentofile`` builds around the release ``release`` (its
+    fingerprint): the bentofile and every file it includes (or names as requirements)."""
+    import fnmatch
+
+    import yaml
+
+    spec = yaml.safe_load(bentofile.read_text()) or {}
+    excluded = list(spec.get("exclude") or [])
+    files = {bentofile.resolve()}
+    for pattern in spec.get("include") or []:
+        files.update(path.resolve() for path in build_ctx.glob(pattern) if path.is_file())
+    requirements = (spec.get("python") or {}).get("requirements_txt")
+    if requirements:
+        files.add((build_ctx / requirements).resolve())
+    digest = hashlib.sha256(release.encode())
+    root = build_ctx.resolve()
+    for path in sorted(files):
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        if any(fnmatch.fnmatch(rel, pattern) for pattern in excluded):
+            continue
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _stored(kind: str, tag: str) -> bool:
+    """Whether the local BentoML store already holds the model (``kind="model"``) or bento ``tag``."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
-        models = bentoml.models.list("msjoe")
-    except NotFound:  # an empty store
-        return None
-    for model in models:
-        if model.info.labels.get(FINGERPRINT_LABEL) == fingerprint:
-            return str(model.tag)
-    return None
-
-
-def _existing_bento(fingerprint: str) -> str | None:
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        bentos = bentoml.list("msjoe")
+        bentoml.models.get(tag) if kind == "model" else bentoml.get(tag)
     except NotFound:
-        return None
-    for bento in bentos:
-        if bento.info.labels.get(FINGERPRINT_LABEL) == fingerprint:
-            return str(bento.tag)
-    return None
+        return False
+    return True
 
 
 def package_release(
@@ -143,7 +156,7 @@ def package_release(
     db_url: str | None,
 ) -> dict[str, Any]:
     """Import the winner into the BentoML model store, build the bento, record the release."""
-    from msjoe.serving.release import import_release
+    from msjoe.serving.release import MODEL_NAME, import_release
 
     by_label = {c.label: c for c in candidates}
     winner_label, score = select_winner(report, list(by_label), metric, budget, direction)
@@ -152,19 +165,22 @@ def package_release(
     fingerprint = release_fingerprint(winner, clip_dir, cfg)
     metrics = {f"{metric}@{budget}": score, "candidates": {
         c: (report[metric].get(c) or {}).get(str(budget)) for c in by_label}}
-    model_tag = _existing_model(fingerprint)
-    reused = model_tag is not None
-    if model_tag is None:
-        model_tag = import_release(
+    model_tag = f"{MODEL_NAME}:{fingerprint[:VERSION_LENGTH]}"
+    reused = {"model": _stored("model", model_tag)}
+    if not reused["model"]:
+        import_release(
             clip_dir, winner.mllm_dir, winner.sampler_ckpt, cfg,
             labels={**labels, FINGERPRINT_LABEL: fingerprint, "winner": winner_label},
             metadata={"metric": metric, "budget": budget, "score": score, "evaluation": metrics},
+            tag=model_tag,
         )
     bento_tag = None
     if bentofile is not None:
-        bento_tag = _existing_bento(fingerprint)
-        if bento_tag is None:
-            bento_tag = _build_bento(bentofile, build_ctx, model_tag, {**labels, FINGERPRINT_LABEL: fingerprint})
+        bento_version = bento_fingerprint(bentofile, build_ctx, fingerprint)[:VERSION_LENGTH]
+        bento_tag = _bento_tag(bentofile, bento_version)
+        reused["bento"] = _stored("bento", bento_tag)
+        if not reused["bento"]:
+            _build_bento(bentofile, build_ctx, model_tag, bento_version, {**labels, FINGERPRINT_LABEL: fingerprint})
     result = {
         "winner": winner_label,
         "metric": metric,
@@ -182,15 +198,23 @@ def package_release(
     return result
 
 
-def _build_bento(bentofile: Path, build_ctx: Path, model_tag: str, labels: Mapping[str, str]) -> str:
-    """`bentoml build` of the service, packing exactly `model_tag` (the service reads MSJOE_MODEL_TAG)."""
+def _bento_tag(bentofile: Path, version: str) -> str:
+    import yaml
+
+    return f"{(yaml.safe_load(bentofile.read_text()) or {}).get('name', 'msjoe')}:{version}"
+
+
+def _build_bento(bentofile: Path, build_ctx: Path, model_tag: str, version: str, labels: Mapping[str, str]) -> str:
+    """`bentoml build` of the service as ``<name>:<version>``, packing exactly `model_tag` (the
+    service reads MSJOE_MODEL_TAG)."""
     import bentoml
 
     previous = os.environ.get("MSJOE_MODEL_TAG")
     os.environ["MSJOE_MODEL_TAG"] = model_tag
     try:
         bento = bentoml.bentos.build_bentofile(
-            str(bentofile), build_ctx=str(build_ctx), labels={str(k): str(v) for k, v in labels.items()}
+            str(bentofile), build_ctx=str(build_ctx), version=version,
+            labels={str(k): str(v) for k, v in labels.items()},
         )
     finally:
         if previous is None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages._common import TIMINGS_DIR, run_dependent_keys
+from stages._common import TIMINGS_DIR
+from tests.report_lint import run_dependent_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -34,6 +35,9 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     {"training": {"steps": 3, "train_seconds": 68.8}},  # nested
     [{"step": 1, "seconds": 0.5}],  # a plot's rows
     {"saved_at": 1.7e9},
+    {"resumed_from": 12},  # run state: a rerun resumes where the last one stopped
+    {"reused": {"model": True}},
+    {"cached": 120, "embedded": 0},  # run state: what an earlier run left in the feature cache
 ])
 def test_lint_flags_run_dependent_keys(report: object) -> None:
     assert run_dependent_keys(report)
@@ -49,10 +53,12 @@ def test_lint_passes_deterministic_reports() -> None:
     assert run_dependent_keys(report) == []
 
 
-def test_the_committed_plots_hold_no_run_dependent_values() -> None:
-    """Plots never carried timings; a curve with one would change dvc.lock on every run."""
+@pytest.mark.parametrize("kind", ["metrics", "plots"])
+def test_the_committed_metrics_and_plots_hold_no_run_dependent_values(kind: str) -> None:
+    """A timing, or a run-state marker such as ``resumed_from``, in a metric or a curve would
+    change dvc.lock between two runs of the same commit (or a fresh clone and this one)."""
     for stage in DVC.values():
-        for entry in stage.get("plots", []):
+        for entry in stage.get(kind, []):
             path = ROOT / (next(iter(entry)) if isinstance(entry, dict) else entry)
             if path.is_file():
                 assert run_dependent_keys(json.loads(path.read_text())) == [], path

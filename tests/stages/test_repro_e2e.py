@@ -83,7 +83,8 @@ def test_repro_runs_every_stage_and_writes_its_outputs(repo: Path) -> None:
     clip = json.loads((repo / "reports" / "pretrain_clip.json").read_text())
     assert 0.0 <= clip["evidence_recall_at_8"] <= 1.0 and clip["identity"].startswith("msjoe-tiny-clip@sha256:")
     embed = json.loads((repo / "reports" / "embed.json").read_text())
-    assert embed["embedded"] == 5 and embed["failed"] == 0
+    assert embed["videos"] == 5 and embed["failed"] == 0
+    assert json.loads((repo / "reports" / "timings" / "embed.json").read_text())["embedded"] == 5
     index = pd.read_parquet(repo / "data" / "features" / "index.parquet")
     assert len(index) == 5 and set(index["n"]) == {16}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -160,7 +161,7 @@ def test_benchmark_pipeline_runs_on_real_video_with_the_demo_models(repo: Path) 
     ingest = json.loads((reports / "ingest.json").read_text())
     assert ingest["accepted"] == 3 and ingest["videos_accepted"] == 3
     embed = json.loads((reports / "embed.json").read_text())
-    assert embed["embedded"] == 3 and embed["failed"] == 0
+    assert embed["videos"] == 3 and embed["failed"] == 0
     evaluation = json.loads((reports / "evaluate.json").read_text())
     samplers = set(params["evaluate"]["samplers"])
     assert set(evaluation["accuracy"]) == samplers  # no evidence spans: no oracle row

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages._common import run_dependent_keys
+from tests.report_lint import run_dependent_keys
 from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -49,7 +49,10 @@ def _embed(work: Path, out: str, processes: int) -> dict:
     env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return json.loads((work / f"{out}.json").read_text())
+    # the metrics, and what the run embedded or found cached (run state: in the stage's timings)
+    timings = json.loads((work / "reports" / "timings" / "embed.json").read_text())
+    return {**json.loads((work / f"{out}.json").read_text()),
+            **{key: timings[key] for key in ("embedded", "cached", "frames_embedded")}}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from msjoe.package import Candidate, package_release, select_winner
+from msjoe.package import VERSION_LENGTH, Candidate, bento_fingerprint, package_release, select_winner
 from msjoe.store import latest_release, summary
 from tests.bento import build_model_dirs, release_config
 
@@ -58,13 +58,15 @@ def test_package_imports_the_winner_once_and_records_the_release(private_store: 
     kwargs = dict(metric="accuracy", budget=4, direction="max", release_cfg=cfg, bentofile=None,
                   build_ctx=private_store, labels={"git_rev": "abc123"}, db_url=url)
     first = package_release(REPORT, candidates, clip_dir, **kwargs)
-    assert first["winner"] == "msjoe" and first["score"] == 0.50 and not first["reused"]
+    assert first["winner"] == "msjoe" and first["score"] == 0.50 and first["reused"] == {"model": False}
+    # the version is the content fingerprint: the same release has the same tag on any machine
+    assert first["model_tag"] == f"msjoe:{first['fingerprint'][:VERSION_LENGTH]}"
     model = bentoml.models.get(first["model_tag"])
     assert model.info.labels["winner"] == "msjoe" and model.info.labels["git_rev"] == "abc123"
     assert (Path(model.path) / "sampler.pt").is_file()
 
     again = package_release(REPORT, candidates, clip_dir, **kwargs)
-    assert again["reused"] and again["model_tag"] == first["model_tag"]
+    assert again["reused"] == {"model": True} and again["model_tag"] == first["model_tag"]
     assert len(bentoml.models.list("msjoe")) == 1
     assert summary(url)["releases"] == 1
     assert latest_release(url) is not None
@@ -73,3 +75,26 @@ def test_package_imports_the_winner_once_and_records_the_release(private_store: 
     other = package_release({"accuracy": {"uniform": {"4": 0.9}, "msjoe": {"4": 0.5}}}, candidates, clip_dir,
                             **kwargs)
     assert other["winner"] == "uniform" and other["model_tag"] != first["model_tag"]
+
+
+def test_bento_version_follows_what_the_bentofile_packs(tmp_path: Path) -> None:
+    (tmp_path / "bento").mkdir()
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    bentofile = tmp_path / "bento" / "bentofile.yaml"
+    bentofile.write_text("name: msjoe\ninclude: ['pkg/**/*.py']\nexclude: ['**/__pycache__/**']\n"
+                         "python: {requirements_txt: bento/requirements.txt}\n")
+    (tmp_path / "bento" / "requirements.txt").write_text("torch==2.0\n")
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "__pycache__" / "b.py").write_text("stale\n")
+    (tmp_path / "notes.py").write_text("not packed\n")
+    first = bento_fingerprint(bentofile, tmp_path, "release-a")
+    assert bento_fingerprint(bentofile, tmp_path, "release-a") == first
+    assert bento_fingerprint(bentofile, tmp_path, "release-b") != first  # another model inside
+    (tmp_path / "notes.py").write_text("still not packed\n")
+    (tmp_path / "pkg" / "__pycache__" / "b.py").write_text("excluded\n")
+    assert bento_fingerprint(bentofile, tmp_path, "release-a") == first
+    (tmp_path / "bento" / "requirements.txt").write_text("torch==2.1\n")
+    second = bento_fingerprint(bentofile, tmp_path, "release-a")
+    assert second != first
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert bento_fingerprint(bentofile, tmp_path, "release-a") not in (first, second)

@@ -150,6 +150,13 @@ class TrainingRun:
                 return
             yield self.step
 
+    def report(self, **fields: Any) -> dict[str, Any]:
+        """The trainer's result: ``completed`` (False after ``stop_after``: no final outputs were
+        written), ``steps_done``, ``resumed_from`` (run state: the stage writes it with its
+        timings), ``history`` (one record per step) and the trainer's own ``fields``."""
+        return {"completed": not self.stopped, "steps_done": self.step, "resumed_from": self.start,
+                "history": self.history, **fields}
+
     def finish_step(self, record: Mapping[str, Any]) -> None:
         """Record the step just done (its ``record`` gets the 1-based ``step``) and checkpoint
         when due."""

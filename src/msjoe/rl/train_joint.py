@@ -383,8 +383,7 @@ def train_joint(
         )
     history = run.history
     if run.stopped:
-        return {"completed": False, "steps_done": run.step, "history": history,
-                "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started}}
+        return run.report(timings={"steps": step_timings, "train_seconds": time.perf_counter() - started})
 
     s_state = full_state_dict(s_engine.module, s_engine.zero_optimization_stage())
     if rank == 0:
@@ -396,10 +395,7 @@ def train_joint(
     def mean(rows: list[dict[str, Any]], key: str) -> float:
         return float(np.mean([h[key] for h in rows])) if rows else 0.0
 
-    return {
-        "completed": True,
-        "steps_done": run.step,
-        "resumed_from": run.start,
+    return run.report(**{
         "world_size": world,
         "n_train_questions": len(items),
         "rollouts_per_step": n_q * cfg.group_size * cfg.grad_accum * world,
@@ -416,8 +412,7 @@ def train_joint(
         "answer_parse_rate": mean(history, "answer_parse_rate"),
         "zero_stage": m_engine.zero_optimization_stage(),
         "kl_reference": reference is not None,
-        "history": history,
         # run-dependent measurements, which the stage writes apart from its metrics
         "timings": {"steps": step_timings, "train_seconds": time.perf_counter() - started,
                     "peak_rss_mb": peak_rss_mb()},
-    }
+    })

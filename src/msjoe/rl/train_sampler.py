@@ -188,18 +188,14 @@ def train_sampler(
         )
     history = run.history
     if run.stopped:
-        return {"completed": False, "steps_done": run.step, "history": history,
-                "timings": {"query_seconds": query_seconds, "step_seconds": step_seconds,
-                            "train_seconds": time.perf_counter() - started}}
+        return run.report(timings={"query_seconds": query_seconds, "step_seconds": step_seconds,
+                                   "train_seconds": time.perf_counter() - started})
 
     state = full_state_dict(engine.module, engine.zero_optimization_stage())
     if rank == 0:
         save_unet(Path(out_dir) / "sampler.pt", model, state)
     tail = history[-max(1, len(history) // 4):]
-    return {
-        "completed": True,
-        "steps_done": run.step,
-        "resumed_from": run.start,
+    return run.report(**{
         "world_size": world,
         "n_train_questions": len(train),
         "query_parse_rate": float(np.mean([q.turn.ok for q in queries])),
@@ -208,8 +204,7 @@ def train_sampler(
         "first_accuracy": history[0]["accuracy"] if history else None,
         "sampler_parameters": model.num_parameters(),
         "zero_stage": engine.zero_optimization_stage(),
-        "history": history,
         # run-dependent measurements, which the stage writes apart from its metrics
         "timings": {"query_seconds": query_seconds, "step_seconds": step_seconds,
                     "train_seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()},
-    }
+    })

@@ -171,9 +171,10 @@ def import_release(
     pipeline_cfg: Mapping[str, Any] | ReleaseConfig,
     labels: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
-    name: str = MODEL_NAME,
+    tag: str = MODEL_NAME,
 ) -> str:
-    """Store a release as a BentoML model (``name:<version>``) and return its tag.
+    """Store a release as a BentoML model and return its tag (``tag``: a name, for a new random
+    version, or ``name:version``).
 
     Uses the model store of the current ``BENTOML_HOME``. ``pipeline_cfg`` is a
     :class:`ReleaseConfig` or its mapping form; ``labels`` (str -> str) and ``metadata`` are
@@ -186,7 +187,7 @@ def import_release(
         info = write_release(Path(tmp) / "release", clip_dir, mllm_dir, sampler_ckpt, cfg)
         meta = {**{k: v for k, v in info.items() if v is not None}, **dict(metadata or {})}
         with bentoml.models.create(
-            name,
+            tag,
             labels={str(k): str(v) for k, v in (labels or {}).items()},
             metadata=meta,
         ) as model_ref:
