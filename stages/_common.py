@@ -33,6 +33,14 @@ def params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:
     return data[section] or {}
 
 
+def pipeline_settings(path: Path = Path("params.yaml"), **extra: Any) -> dict[str, Any]:
+    """:class:`msjoe.pipeline.PipelineConfig` fields of every stage that asks the MLLM: the
+    candidate frames of ``embed`` (fps and cap, which key the feature cache) and the shared
+    ``inference`` section, plus the stage's own ``extra`` (batch size, seed)."""
+    embed = params("embed", path)
+    return {"fps": embed["fps"], "max_candidates": embed["max_candidates"], **params("inference", path), **extra}
+
+
 #: Where stages put run-dependent measurements (README "Reproducibility"): relative to the
 #: working directory the stages run in (the repository root); not a DVC output, gitignored.
 TIMINGS_DIR = Path("reports/timings")

@@ -1,6 +1,6 @@
 """What the stages around RL (``difficulty``, ``train_sampler``, ``train_joint``) share: the
 command line, the run-level keys of their params section, and the frozen-CLIP pipeline they
-run in.
+run in (asked as params.yaml's ``inference`` section says, like every other stage).
 
 Both run as ``python stages/<stage>.py``, ``python -m stages.<stage>`` or under the DeepSpeed
 launcher (``--local_rank`` is accepted and ignored: DeepSpeed passes the rank in the
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 #: Keys of an RL params section that say where and on what the stage runs, not how it trains.
-RUN_KEYS = ("threads", "split", "max_questions", "pipeline", "device", "dtype")
+RUN_KEYS = ("threads", "split", "max_questions", "device", "dtype")
 
 
 def add_inputs(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,6 @@ class RunSettings:
     threads: int | None
     split: str
     max_questions: int | None
-    pipeline: dict[str, Any]
     dtype: str | None
 
 
@@ -58,7 +57,7 @@ def split_section(section: Mapping[str, Any]) -> RunSettings:
     """The trainer's keys apart from :data:`RUN_KEYS` (``device`` is chosen per rank)."""
     train = {k: v for k, v in section.items() if k not in RUN_KEYS}
     return RunSettings(train, section.get("threads"), section.get("split", "train"), section.get("max_questions"),
-                       dict(section.get("pipeline") or {}), section.get("dtype"))
+                       section.get("dtype"))
 
 
 def device_for_rank() -> str:
@@ -74,9 +73,10 @@ def device_for_rank() -> str:
     return "cpu"
 
 
-def load_inputs(args: argparse.Namespace, run: RunSettings, embed: Mapping[str, Any]) -> tuple[Any, list, dict]:
+def load_inputs(args: argparse.Namespace, run: RunSettings, settings: Mapping[str, Any]) -> tuple[Any, list, dict]:
     """The pipeline (frozen CLIP, the MLLM to start from, no feature store: items carry their
-    features) on this rank's device, the training items and their counts."""
+    features; ``settings``: ``_common.pipeline_settings``) on this rank's device, the training
+    items and their counts."""
     import pandas as pd
 
     from msjoe.clip.model import load_clip
@@ -88,7 +88,7 @@ def load_inputs(args: argparse.Namespace, run: RunSettings, embed: Mapping[str, 
     device = device_for_rank()
     items, counts = load_items(pd.read_parquet(args.questions), args.video_root, args.features, run.split,
                                run.max_questions)
-    pcfg = PipelineConfig.from_mapping({"fps": embed["fps"], "max_candidates": embed["max_candidates"], **run.pipeline})
+    pcfg = PipelineConfig.from_mapping(dict(settings))
     pipeline = Pipeline(load_clip(args.clip, device=device),
                         load_prepared_mllm(args.mllm, device=device, dtype=run.dtype),
                         build_sampler("uniform"), None, pcfg)

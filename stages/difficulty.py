@@ -1,5 +1,5 @@
 """DVC stage `difficulty`: base-MLLM pass rate per training question with uniform frames
-(params: difficulty, embed.fps/max_candidates)."""
+(params: difficulty, inference, embed.fps/max_candidates)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 import _rl
-from _common import deterministic, params, setup, write_report, write_timings
+from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -18,13 +18,12 @@ def main() -> None:
     args = parser.parse_args()
     log = setup("difficulty")
     run = _rl.split_section(params("difficulty", args.params))
-    embed = params("embed", args.params)
     deterministic(run.threads, int(run.train.get("seed", 0)))
 
     from msjoe.rl.difficulty import DifficultyConfig, measure_difficulty
 
     cfg = DifficultyConfig.from_mapping(run.train)
-    pipeline, items, counts = _rl.load_inputs(args, run, embed)
+    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
     result = measure_difficulty(pipeline, items, cfg)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.table.to_parquet(args.out, index=False)

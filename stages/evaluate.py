@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: every sampler x budget on the evaluation split (params: evaluate, embed.fps/max_candidates).
+"""DVC stage `evaluate`: every sampler x budget on the evaluation split (params: evaluate, inference, embed.fps/max_candidates).
 
 A sampler entry may set ``queries: question|generated|none`` (default: the pipeline's choice for
 that sampler), so a baseline can be evaluated as published and with generated queries. The
@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, setup, write_report, write_timings
+from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -43,7 +43,6 @@ def main() -> None:
     args = parser.parse_args()
     log = setup("evaluate")
     p = params("evaluate", args.params)
-    embed = params("embed", args.params)
     from msjoe.evaluate import EvaluateConfig
 
     try:
@@ -77,9 +76,7 @@ def main() -> None:
     except ValueError as err:
         raise SystemExit(f"evaluate.claims: {err}") from None
 
-    pipeline_cfg = PipelineConfig.from_mapping(
-        {"fps": embed["fps"], "max_candidates": embed["max_candidates"], "seed": cfg.seed, **cfg.pipeline}
-    )
+    pipeline_cfg = PipelineConfig.from_mapping(pipeline_settings(args.params, seed=cfg.seed, batch_size=cfg.batch_size))
     mllms = dict(spec.split("=", 1) if "=" in spec else ("base", spec) for spec in args.mllm)
     default = next(iter(mllms))
     groups: dict[str, dict] = {name: {} for name in mllms}
@@ -109,7 +106,7 @@ def main() -> None:
         close()
         return
     write_timings("evaluate", {**timings, "processes": world})
-    report = {**result.report, "split": cfg.split, "questions_file": str(args.questions), "params": p}
+    report = {**result.report, "split": cfg.split, "questions_file": str(args.questions), "params": {**p, "inference": params("inference", args.params)}}
     report["claims"] = claims_report(result.predictions, claims, resamples=cfg.bootstrap_resamples, seed=cfg.seed)
     write_report(args.out, report)
 

@@ -1,4 +1,4 @@
-"""DVC stage `package`: the winning checkpoint into the BentoML store, a bento, a release record (params: package, evaluate.samplers)."""
+"""DVC stage `package`: the winning checkpoint into the BentoML store, a bento, a release record (params: package, inference, evaluate.samplers, embed.fps/max_candidates)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _common import params, setup, write_report, write_timings
+from _common import params, pipeline_settings, setup, write_report, write_timings
 
 from msjoe.package import Candidate, PackageConfig, package_release
 from msjoe.store import database_url, git_rev
@@ -36,10 +36,8 @@ def main() -> None:
     except (TypeError, ValueError) as err:
         raise SystemExit(f"params.yaml: {err}") from None
     samplers = params("evaluate")["samplers"]
-    embed = params("embed")
-    release = dict(cfg.release)
-    # the service samples candidates exactly as the pipeline did (same fps and cap)
-    release["pipeline"] = {**release.get("pipeline", {}), "fps": embed["fps"], "max_candidates": embed["max_candidates"]}
+    # the service samples candidates and asks the MLLM exactly as the pipeline did
+    release = {**cfg.release, "pipeline": pipeline_settings()}
     revision = git_rev(Path.cwd())
     result = package_release(
         json.loads(args.evaluation.read_text()),

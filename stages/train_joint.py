@@ -1,5 +1,5 @@
 """DVC stage `train_joint` (MSJoE stage 2): GRPO on the MLLM and REINFORCE on the sampler
-(params: train_joint, embed.fps/max_candidates).
+(params: train_joint, inference, embed.fps/max_candidates).
 
 Runs as ``python stages/train_joint.py ...``, ``python -m stages.train_joint ...`` or on one or
 many GPUs with ``deepspeed stages/train_joint.py ...``. Re-running resumes from
@@ -13,10 +13,10 @@ from pathlib import Path
 
 try:
     import _rl
-    from _common import deterministic, params, setup, write_report, write_timings
+    from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 except ImportError:  # python -m stages.train_joint
     from stages import _rl
-    from stages._common import deterministic, params, setup, write_report, write_timings
+    from stages._common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -25,7 +25,6 @@ def main() -> None:
     args = parser.parse_args()
     log = setup("train_joint")
     run = _rl.split_section(params("train_joint", args.params))
-    embed = params("embed", args.params)
     deterministic(run.threads, int(run.train.get("seed", 0)))
     train = {**run.train, **({"sampler_init": str(args.sampler)} if args.sampler is not None else {})}
 
@@ -33,7 +32,7 @@ def main() -> None:
     from msjoe.rl.train_joint import JointTrainConfig, train_joint
 
     cfg = JointTrainConfig.from_mapping(train)
-    pipeline, items, counts = _rl.load_inputs(args, run, embed)
+    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
     report = train_joint(pipeline, items, args.out, args.checkpoints, cfg)
     # the step a run resumed from depends on what an earlier run left behind: run state
     timings = {**report.pop("timings", {}), "resumed_from": report.pop("resumed_from")}

@@ -1,5 +1,5 @@
 """DVC stage `train_sampler` (MSJoE stage 1): REINFORCE on the sampler with the difficulty-aware
-advantage, MLLM frozen (params: train_sampler, embed.fps/max_candidates).
+advantage, MLLM frozen (params: train_sampler, inference, embed.fps/max_candidates).
 
 Runs as ``python stages/train_sampler.py ...``, ``python -m stages.train_sampler ...`` or under
 ``deepspeed stages/train_sampler.py ...``. Re-running resumes from ``--checkpoints``.
@@ -11,10 +11,10 @@ from pathlib import Path
 
 try:
     import _rl
-    from _common import deterministic, params, setup, write_report, write_timings
+    from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 except ImportError:  # python -m stages.train_sampler
     from stages import _rl
-    from stages._common import deterministic, params, setup, write_report, write_timings
+    from stages._common import deterministic, params, pipeline_settings, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -23,7 +23,6 @@ def main() -> None:
     args = parser.parse_args()
     log = setup("train_sampler")
     run = _rl.split_section(params("train_sampler", args.params))
-    embed = params("embed", args.params)
     deterministic(run.threads, int(run.train.get("seed", 0)))
 
     import pandas as pd
@@ -33,7 +32,7 @@ def main() -> None:
     from msjoe.rl.train_sampler import SamplerTrainConfig, train_sampler
 
     cfg = SamplerTrainConfig.from_mapping(run.train)
-    pipeline, items, counts = _rl.load_inputs(args, run, embed)
+    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
     difficulty, dropped = trainable_qids(pd.read_parquet(args.difficulty))
     report = train_sampler(pipeline, items, difficulty, args.out, args.checkpoints, cfg)
     # the step a run resumed from depends on what an earlier run left behind: run state

@@ -121,9 +121,9 @@ class EvaluateConfig:
     first N of them (a quick look); ``budgets``: the frame budgets K; ``samplers``: label ->
     :class:`SamplerSpec`; ``oracle``: add the evidence oracle row (where evidence exists);
     ``claims``: paired tests (:func:`parse_claims`) with ``bootstrap_resamples`` seeded by
-    ``seed``; ``benchmark``: add that benchmark's official scores; ``pipeline``:
-    :class:`~msjoe.pipeline.PipelineConfig` fields (fps and candidates come from ``embed``);
-    ``threads``/``device``: where the models run.
+    ``seed``; ``benchmark``: add that benchmark's official scores; ``batch_size``:
+    conversations per MLLM call (how the MLLM is asked is the shared ``inference`` section, the
+    candidate frames are ``embed``'s); ``threads``/``device``: where the models run.
     """
 
     split: str | None = "eval"
@@ -139,7 +139,7 @@ class EvaluateConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
-    pipeline: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
 
     def __post_init__(self) -> None:
         if not self.budgets or min(self.budgets) < 1:
@@ -155,8 +155,7 @@ class EvaluateConfig:
             return {label: from_mapping(SamplerSpec, spec or {}, f"evaluate.samplers.{label}")
                     for label, spec in (specs or {}).items()}
 
-        return from_mapping(cls, values, "evaluate",
-                            nested={"samplers": samplers, "pipeline": lambda value: dict(value or {})})
+        return from_mapping(cls, values, "evaluate", nested={"samplers": samplers})
 
     @property
     def labels(self) -> list[str]:

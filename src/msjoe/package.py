@@ -32,8 +32,8 @@ class PackageConfig:
 
     ``metric`` at ``budget`` picks the winner (``direction``: ``max`` or ``min``); ``build_bento``:
     also build the bento (else only import the model); ``release``: the served configuration
-    (:class:`~msjoe.serving.release.ReleaseConfig` fields; the stage adds the candidate fps and
-    cap from ``embed``); ``gate``: the retraining flow's promotion gate, read by the flow
+    (:class:`~msjoe.serving.release.ReleaseConfig` fields but ``pipeline``, which the stage fills
+    from the shared ``inference`` section and ``embed``'s fps and cap); ``gate``: the retraining flow's promotion gate, read by the flow
     (``flows/promotion.py``), not by this stage.
     """
 

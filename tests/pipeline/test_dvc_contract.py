@@ -111,6 +111,8 @@ def test_stage_params_match_the_sections_the_scripts_read() -> None:
     for name, stage in DVC.items():
         source = (ROOT / _script(stage["cmd"])).read_text()
         read = set(re.findall(r'params\("(\w+)"', source))
+        if "pipeline_settings(" in source:  # _common.pipeline_settings: embed's frames + the inference section
+            read |= {"embed", "inference"}
         declared = {p.split(".")[0] for p in stage.get("params", [])}
         assert read == declared, f"{name}: reads {read} but declares {declared}"
         assert declared <= PARAMS.keys(), f"{name}: params section missing from params.yaml"

@@ -19,19 +19,18 @@ from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY_PIPELINE = {"preview_size": 32, "answer_size": 32, "max_new_tokens": 16, "query_max_new_tokens": 16,
-                 "batch_size": 8}
+TINY_INFERENCE = {"preview_size": 32, "answer_size": 32, "max_new_tokens": 16, "query_max_new_tokens": 16}
 TINY = {
+    "inference": TINY_INFERENCE,
     "world": {"videos": {"train": 3, "eval": 2}, "frames": 48, "size": 32, "scene_frames": [12, 24]},
     "clip": {"train": {"steps": 3, "batch_size": 16, "warmup_steps": 1}, "threads": 1},
     "embed": {"max_candidates": 16, "threads": 1, "chunk_frames": 8},
-    "difficulty": {"n_attempts": 2, "budget": 4, "batch_size": 8, "max_new_tokens": 16, "threads": 1},
-    "train_sampler": {"steps": 2, "questions_per_step": 2, "budget": 4, "checkpoint_every": 1, "threads": 1,
-                      "pipeline": TINY_PIPELINE},
+    "difficulty": {"n_attempts": 2, "budget": 4, "batch_size": 8, "threads": 1},
+    "train_sampler": {"steps": 2, "questions_per_step": 2, "budget": 4, "checkpoint_every": 1, "threads": 1},
     "train_joint": {"steps": 1, "questions_per_step": 1, "group_size": 2, "budget": 4, "checkpoint_every": 1,
-                    "threads": 1, "pipeline": TINY_PIPELINE},
-    "evaluate": {"budgets": [2, 4], "n_example_figures": 1, "threads": 1, "pipeline": TINY_PIPELINE},
-    "package": {"budget": 4, "release": {"default_budget": 4, "pipeline": TINY_PIPELINE}},
+                    "threads": 1},
+    "evaluate": {"budgets": [2, 4], "n_example_figures": 1, "threads": 1, "batch_size": 8},
+    "package": {"budget": 4, "release": {"default_budget": 4}},
 }
 STAGES = {"generate", "ingest", "pretrain_clip", "embed", "pretrain_mllm", "difficulty", "train_sampler",
           "train_joint", "evaluate", "package"}
@@ -151,7 +150,8 @@ def test_benchmark_pipeline_runs_on_real_video_with_the_demo_models(repo: Path) 
     params = _merge(yaml.safe_load((repo / "benchmark_eval" / "params.yaml").read_text()), {
         "embed": {"fps": 2.0, "max_candidates": 16, "threads": 1, "chunk_frames": 8},
         "evaluate": {"budgets": [2, 4, 8], "benchmark": "longvideobench", "n_example_figures": 1, "threads": 1,
-                     "bootstrap_resamples": 200, "pipeline": TINY_PIPELINE},
+                     "bootstrap_resamples": 200, "batch_size": 8},
+        "inference": TINY_INFERENCE,
     })
     (repo / "benchmark_eval" / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(["dvc", "repro", "benchmark_eval/dvc.yaml"], repo)

@@ -29,17 +29,16 @@ from tests.launcher import without_launcher_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-TINY_PIPELINE = {"preview_size": 16, "answer_size": 16, "max_new_tokens": 4, "query_max_new_tokens": 8,
-                 "batch_size": 8}
 PARAMS = {
+    "inference": {"n_queries": 4, "preview_size": 16, "answer_size": 16, "max_new_tokens": 4,
+                  "query_max_new_tokens": 8},
     "clip": {"model": "msjoe-tiny-clip", "pretrained": None, "threads": 2, "recall_k": 4,
              "train": {"steps": 3, "batch_size": 16, "warmup_steps": 1, "seed": 0}},
     "embed": {"fps": 2.0, "max_candidates": 16, "batch_size": 8, "chunk_frames": 8, "decode_workers": 0,
               "threads": 2, "device": "cpu"},
     "train_sampler": {"steps": 2, "questions_per_step": 2, "budget": 4, "lr": 0.05, "warmup_steps": 0,
                       "checkpoint_every": 1, "keep_checkpoints": 2, "seed": 0, "sampler": "tiny", "init_seed": 0,
-                      "query_temperature": 1.0, "threads": 2, "ds_config": "infra/deepspeed/zero1.json",
-                      "pipeline": TINY_PIPELINE},
+                      "query_temperature": 1.0, "threads": 2, "ds_config": "infra/deepspeed/zero1.json"},
 }
 # the dvc.yaml commands of the chain (relative paths, run from the checkout's root)
 CHAIN = {

@@ -96,10 +96,9 @@ EVALUATE = {
     "samplers": {"uniform": {"name": "uniform"}, "clip_topk_gen": {"name": "clip_topk", "queries": "generated"},
                  "aks": {"name": "aks", "params": {"max_depth": 3}, "queries": "question"},
                  "msjoe_untrained": {"name": "msjoe", "params": {"seed": 0, "config": "tiny"}}},
-    # batches of 3 turns: each rank gets several, of unequal sizes
-    "pipeline": {"n_queries": 4, "preview_size": 16, "answer_size": 32, "max_new_tokens": 6,
-                 "query_max_new_tokens": 16, "batch_size": 3},
+    "batch_size": 3,  # batches of 3 turns: each rank gets several, of unequal sizes
 }
+INFERENCE = {"n_queries": 4, "preview_size": 16, "answer_size": 32, "max_new_tokens": 6, "query_max_new_tokens": 16}
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +113,7 @@ def eval_setup(tmp_path_factory: pytest.TempPathFactory, world: Path, questions:
     work = tmp_path_factory.mktemp("sharded_eval")
     questions.assign(split="eval").to_parquet(work / "questions.parquet", index=False)
     embed = {"fps": 2.0, "max_candidates": 32}
-    (work / "params.yaml").write_text(yaml.safe_dump({"embed": embed, "evaluate": EVALUATE}))
+    (work / "params.yaml").write_text(yaml.safe_dump({"embed": embed, "evaluate": EVALUATE, "inference": INFERENCE}))
     pipeline = Pipeline(load_clip(clip_dir), None, build_sampler("uniform"), FeatureStore(work / "features"),  # type: ignore[arg-type]
                         PipelineConfig(**embed))
     for video, sha in questions[["video", "sha256"]].drop_duplicates().itertuples(index=False):
@@ -154,7 +153,7 @@ def test_two_gloo_ranks_evaluate_like_one_process(eval_setup: Path, eval_single:
                                                   eval_sharded: tuple[dict, pd.DataFrame]) -> None:
     (report, predictions), (sharded_report, sharded) = eval_single, eval_sharded
     assert len(predictions) == len(pd.read_parquet(eval_setup / "questions.parquet")) * 5 * 2  # 4 samplers + oracle, 2 budgets
-    assert report["answer_turns"] > 2 * EVALUATE["pipeline"]["batch_size"]  # both ranks had batches to answer
+    assert report["answer_turns"] > 2 * EVALUATE["batch_size"]  # both ranks had batches to answer
     pd.testing.assert_frame_equal(sharded, predictions)  # every reply, frame and weight, bit for bit
     assert sharded_report == report
     assert (eval_setup / "sharded" / "plot.json").read_bytes() == (eval_setup / "single" / "plot.json").read_bytes()

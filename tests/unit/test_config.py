@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +62,22 @@ def test_the_shipped_evaluate_sections_are_valid(params_file: str) -> None:
     cfg = EvaluateConfig.from_mapping(section)
     assert list(cfg.samplers) == list(section["samplers"])
     assert cfg.budgets == tuple(section["budgets"]) and cfg.labels[-1] == "oracle"
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "benchmark_eval/params.yaml"])
+def test_the_shared_inference_section_is_what_every_consuming_stage_reads(params_file: str) -> None:
+    """One home for how the MLLM is asked: the section builds a strict PipelineConfig, and each
+    stage that asks the MLLM declares it as a DVC param (so changing it re-runs them all)."""
+    from stages._common import pipeline_settings
+
+    cfg = PipelineConfig.from_mapping(pipeline_settings(Path(params_file)))
+    assert cfg.n_queries == yaml.safe_load(open(params_file))["inference"]["n_queries"]
+    dvc = yaml.safe_load(open(Path(params_file).parent / "dvc.yaml"))["stages"]
+    for name, stage in dvc.items():
+        declared = [p for entry in stage.get("params", [])
+                    for p in ([entry] if isinstance(entry, str) else [x for v in entry.values() for x in v])]
+        asks = name in ("difficulty", "train_sampler", "train_joint", "evaluate", "package")
+        assert ("inference" in declared) == asks, name
 
 
 def test_the_shipped_package_section_is_valid() -> None:

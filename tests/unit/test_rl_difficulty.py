@@ -29,7 +29,7 @@ def test_pass_rates_are_deterministic_and_solved_questions_are_dropped(
     rl_items: list[TrainItem], rl_clip: FrozenClip, rl_mllm_dir: Path
 ) -> None:
     pipeline = Pipeline(rl_clip, load_prepared_mllm(rl_mllm_dir), build_sampler("uniform"), None, PIPE_CFG)
-    cfg = DifficultyConfig(n_attempts=4, budget=4, batch_size=8, max_new_tokens=4, seed=0)
+    cfg = DifficultyConfig(n_attempts=4, budget=4, batch_size=8, seed=0)
     first = measure_difficulty(pipeline, rl_items, cfg)
     again = measure_difficulty(pipeline, rl_items, cfg)
     other = measure_difficulty(pipeline, rl_items, DifficultyConfig(**{**cfg.__dict__, "seed": 1}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,8 @@ def test_checkpoints_of_another_run_are_discarded_not_resumed(
     harder = {qid: 0.6 for qid in difficulty}
     again = train_sampler(pipeline, rl_items, harder, tmp_path / "c", ckpt, stage1_cfg(steps=2, lr=0.01))
     assert again["resumed_from"] == 0
+    # And so did how the MLLM is asked (the shared inference settings): afresh again.
+    asked = Pipeline(rl_clip, pipeline.mllm, build_sampler("uniform"), None,
+                     replace(PIPE_CFG, max_new_tokens=PIPE_CFG.max_new_tokens + 1))
+    moved = train_sampler(asked, rl_items, harder, tmp_path / "d", ckpt, stage1_cfg(steps=2, lr=0.01))
+    assert moved["resumed_from"] == 0

@@ -38,18 +38,18 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DifficultyConfig:
     """``n_attempts`` answers per question with ``budget`` uniform frames at ``temperature``;
-    ``batch_size`` conversations per MLLM call; ``max_new_tokens`` of the answer turn."""
+    ``batch_size`` conversations per MLLM call (the reply length is the pipeline's, as in every
+    other stage)."""
 
     n_attempts: int = 8
     budget: int = 8
     temperature: float = 1.0
     batch_size: int = 32
-    max_new_tokens: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_attempts < 1 or self.budget < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError("n_attempts, budget, batch_size and max_new_tokens must be >= 1")
+        if self.n_attempts < 1 or self.budget < 1 or self.batch_size < 1:
+            raise ValueError("n_attempts, budget and batch_size must be >= 1")
         if self.temperature < 0:
             raise ValueError("temperature must be >= 0")
 
@@ -86,7 +86,7 @@ def measure_difficulty(
     answers = answer_rollouts(
         pipeline, items, [uniform_positions(item.n_candidates, cfg.budget) for item in items], frames,
         temperature=cfg.temperature, seed=lambda b: step_seed(cfg.seed, b), batch_size=cfg.batch_size,
-        repeat=cfg.n_attempts, max_new_tokens=cfg.max_new_tokens,
+        repeat=cfg.n_attempts,
     )
     correct = np.zeros(len(items), dtype=np.int64)
     failures = np.zeros(len(items), dtype=np.int64)

@@ -228,13 +228,12 @@ def answer_rollouts(
     batch_size: int | None = None,
     repeat: int = 1,
     with_log_probs: bool = False,
-    max_new_tokens: int | None = None,
 ) -> list[AnswerRollout]:
     """Answer turns on the frames at candidate ``positions`` (one array per item).
 
     Each item's conversation is built once and rolled out ``repeat`` times in a row; the result
-    has ``len(items) * repeat`` entries. The MLLM is ``pipeline.mllm``; ``max_new_tokens``
-    defaults to ``pipeline.cfg``'s.
+    has ``len(items) * repeat`` entries. The MLLM is ``pipeline.mllm``; frame size and reply
+    length are ``pipeline.cfg``'s.
     """
     cfg = pipeline.cfg
     convs: list[Conversation] = []
@@ -247,7 +246,7 @@ def answer_rollouts(
         options += [item.options] * repeat
     turns = episode.answer_turns(
         pipeline.mllm, convs, options,
-        max_new_tokens=cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
+        max_new_tokens=cfg.max_new_tokens,
         temperature=temperature, batch_size=batch_size, seed=seed, with_log_probs=with_log_probs,
     )
     return [AnswerRollout(conv, turn) for conv, turn in zip(convs, turns, strict=True)]

@@ -90,13 +90,17 @@ class RunConfig:
 
 
 def fingerprint(cfg: RunConfig, pipeline: Pipeline, inputs: Mapping[str, Any]) -> str:
-    """The run's identity: ``cfg``'s fields (bookkeeping apart), the frozen CLIP and the MLLM
-    the run starts from, and ``inputs`` (training questions, initial weights)."""
+    """The run's identity: ``cfg``'s fields (bookkeeping apart), how the MLLM is asked
+    (``pipeline.cfg``: a checkpoint trained with other frame sizes or reply lengths must not be
+    resumed), the frozen CLIP and the MLLM the run starts from, and ``inputs`` (training
+    questions, initial weights)."""
+    from dataclasses import asdict
+
     from msjoe.rl.checkpoint import run_fingerprint
 
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in BOOKKEEPING}
     models = {"mllm": pipeline.mllm.identity, "clip": pipeline.clip.identity}
-    return run_fingerprint(settings, {**models, **inputs})
+    return run_fingerprint({**settings, "pipeline": asdict(pipeline.cfg)}, {**models, **inputs})
 
 
 def file_identity(path: str | Path | None) -> str | None:
