@@ -60,12 +60,12 @@ def run_evaluate(work: Path, processes: int, threads: int, questions: int) -> di
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     evaluate = dict(params["evaluate"])
     samplers = {k: evaluate["samplers"][k] for k in ("uniform", "clip_topk_gen", "aks_gen")}
-    samplers["msjoe_stage1"] = {"name": "msjoe",
-                                "params": {"checkpoint": str(ROOT / "models" / "sampler_stage1" / "sampler.pt")}}
+    samplers["msjoe_stage1"] = {"name": "msjoe"}
     evaluate.update(samplers=samplers, budgets=[8], claims=[], oracle=False, n_example_figures=0,
                     max_questions=questions, threads=threads, device="cpu")
     work.mkdir(parents=True)
-    (work / "params.yaml").write_text(yaml.safe_dump({"embed": params["embed"], "evaluate": evaluate}))
+    (work / "params.yaml").write_text(yaml.safe_dump({"embed": params["embed"], "evaluate": evaluate,
+                                                      "inference": params["inference"]}))
     # the prepared MLLM names its weights relative to the repository: point at them absolutely
     from dataclasses import replace
 
@@ -77,6 +77,7 @@ def run_evaluate(work: Path, processes: int, threads: int, questions: int) -> di
     args = [str(ROOT / "stages" / "evaluate.py"), "--questions", str(ROOT / "data" / "ingest" / "questions.parquet"),
             "--video-root", str(ROOT / "data" / "world"), "--features", str(ROOT / "data" / "features"),
             "--clip", str(ROOT / "models" / "clip"), "--mllm", f"base={work / 'mllm'}",
+            "--checkpoint", f"msjoe_stage1={ROOT / 'models' / 'sampler_stage1' / 'sampler.pt'}",
             "--out", "evaluate.json", "--predictions", "predictions.parquet", "--plots", "plot.json",
             "--figures", "figures", "--params", "params.yaml"]
     _run(args, work, processes, threads)

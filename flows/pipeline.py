@@ -312,10 +312,10 @@ def _evaluate_and_gate(
     if evaluate_stage not in names or not (root / evaluation_report).is_file():
         logger.info("no %s stage / %s yet: nothing to evaluate or promote", evaluate_stage, evaluation_report)
         return out
-    checkpoint = evaluated_checkpoint(stages, evaluate_stage, read_params(root))
+    checkpoint = evaluated_checkpoint(stages, evaluate_stage)
     if checkpoint is None or not (root / checkpoint).exists():
-        logger.warning("cannot tell which checkpoint %s evaluates (set package.checkpoint in params.yaml)",
-                       evaluate_stage)
+        logger.warning("cannot tell which checkpoint %s evaluates (no dependency under models/ that a stage "
+                       "produces)", evaluate_stage)
         return out
     evaluation = record_evaluation_task(str(root), run_id, checkpoint, evaluation_report)
     out["evaluation"] = evaluation

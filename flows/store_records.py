@@ -94,18 +94,11 @@ def mark_stage(url: str, run_id: int, stage: str, *, status: str, **fields: Any)
         return record_stage(session, run_id, stage, status=status, **fields)
 
 
-def evaluated_checkpoint(
-    stages: Sequence[StageSpec], evaluate_stage: str, params: Mapping[str, Any]
-) -> str | None:
-    """The checkpoint path the evaluation scores (what the gate would release).
-
-    ``package.checkpoint`` in params.yaml names it explicitly; otherwise it is the evaluation
+def evaluated_checkpoint(stages: Sequence[StageSpec], evaluate_stage: str) -> str | None:
+    """The checkpoint path the evaluation scores (what the gate would release): the evaluation
     stage's last dependency under ``models/`` that another stage produces (the most trained
-    model it reads, since dvc.yaml lists stages in pipeline order).
+    model it reads, since dvc.yaml lists stages in pipeline order). Paths live in dvc.yaml only.
     """
-    section = params.get("package")
-    if isinstance(section, Mapping) and section.get("checkpoint"):
-        return str(section["checkpoint"])
     by_name = {s.name: s for s in stages}
     spec = by_name.get(evaluate_stage)
     if spec is None:

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--mllm", action="append", required=True,
                         help="NAME=DIR of an MLLM (directory with mllm.json); repeat; the first is the default "
                              "and samplers pick another with `mllm: NAME`")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="LABEL=PATH: the trained weights of the `msjoe` sampler LABEL (repeat)")
     parser.add_argument("--out", type=Path, required=True, help="report JSON (DVC metrics)")
     parser.add_argument("--predictions", type=Path, required=True, help="per-question predictions (.parquet or .csv)")
     parser.add_argument("--plots", type=Path, required=True, help="accuracy vs budget rows (DVC plot)")
@@ -80,11 +82,15 @@ def main() -> None:
     mllms = dict(spec.split("=", 1) if "=" in spec else ("base", spec) for spec in args.mllm)
     default = next(iter(mllms))
     groups: dict[str, dict] = {name: {} for name in mllms}
+    checkpoints = dict(spec.split("=", 1) for spec in args.checkpoint if "=" in spec)
+    if len(checkpoints) != len(args.checkpoint) or not set(checkpoints) <= set(cfg.samplers):
+        raise SystemExit(f"--checkpoint {args.checkpoint}: expected LABEL=PATH with LABEL in evaluate.samplers")
     for label, spec in cfg.samplers.items():
         name = spec.mllm or default
         if name not in mllms:
             raise SystemExit(f"sampler {label}: unknown mllm {name!r}; given: {', '.join(mllms)}")
-        groups[name][label] = load_sampler(spec.name, spec.params)
+        weights = {"checkpoint": checkpoints[label]} if label in checkpoints else {}
+        groups[name][label] = load_sampler(spec.name, {**(spec.params or {}), **weights})
     clip = load_clip(args.clip, device=device)
     results = []
     for name, samplers in groups.items():

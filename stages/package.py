@@ -13,20 +13,20 @@ from msjoe.store import database_url, git_rev
 
 
 def _candidate(spec: str, samplers: dict) -> Candidate:
-    label, _, mllm_dir = spec.partition("=")
+    label, _, dirs = spec.partition("=")
+    mllm_dir, _, checkpoint = dirs.partition(",")
     if label not in samplers or not mllm_dir:
-        raise SystemExit(f"--candidate {spec!r}: expected LABEL=MLLM_DIR with LABEL in evaluate.samplers")
-    sampler_params = dict(samplers[label].get("params") or {})
-    checkpoint = sampler_params.pop("checkpoint", None)
+        raise SystemExit(f"--candidate {spec!r}: expected LABEL=MLLM_DIR[,SAMPLER_CHECKPOINT] with LABEL in "
+                         "evaluate.samplers")
     return Candidate(label, samplers[label]["name"], Path(mllm_dir), Path(checkpoint) if checkpoint else None,
-                     sampler_params)
+                     dict(samplers[label].get("params") or {}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--evaluation", type=Path, required=True, help="reports/evaluate.json")
     parser.add_argument("--clip", type=Path, required=True)
-    parser.add_argument("--candidate", action="append", required=True, help="LABEL=MLLM_DIR (repeat)")
+    parser.add_argument("--candidate", action="append", required=True, help="LABEL=MLLM_DIR[,SAMPLER_CHECKPOINT] (repeat): what evaluate ran as LABEL")
     parser.add_argument("--bentofile", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()

@@ -97,10 +97,11 @@ CONFIDENCE = 0.95
 class SamplerSpec:
     """One row of the evaluation table (``evaluate.samplers.<label>``).
 
-    ``name``: a registered sampler (:func:`msjoe.pipeline.load_sampler`) with its ``params``;
-    ``queries``: where its similarity rows come from (one of :data:`QUERY_MODES`; None: the
-    pipeline's choice for that sampler); ``mllm``: which of the stage's MLLMs answers (None: the
-    first one given).
+    ``name``: a registered sampler (:func:`msjoe.pipeline.load_sampler`) with its ``params``
+    (never a ``checkpoint``: a trained sampler's weights are a stage input, and their path is
+    given where DVC sees it, the stage's command in dvc.yaml); ``queries``: where its similarity
+    rows come from (one of :data:`QUERY_MODES`; None: the pipeline's choice for that sampler);
+    ``mllm``: which of the stage's MLLMs answers (None: the first one given).
     """
 
     name: str
@@ -111,6 +112,9 @@ class SamplerSpec:
     def __post_init__(self) -> None:
         if self.queries is not None and self.queries not in QUERY_MODES:
             raise ValueError(f"queries must be one of {QUERY_MODES}, got {self.queries!r}")
+        if "checkpoint" in (self.params or {}):
+            raise ValueError("params.checkpoint: a checkpoint path belongs in dvc.yaml, on the stage's command "
+                             "(--checkpoint LABEL=PATH), where DVC tracks it as a dependency")
 
 
 @dataclass(frozen=True)

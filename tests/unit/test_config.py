@@ -89,6 +89,13 @@ def test_the_shipped_package_section_is_valid() -> None:
         PackageConfig.from_mapping({"direction": "up"})
 
 
+def test_a_checkpoint_path_is_not_a_sampler_parameter() -> None:
+    """Weights are a stage input: their path is given on the stage's command in dvc.yaml, where
+    DVC tracks it, never in params.yaml (where a second copy could disagree with the deps)."""
+    with pytest.raises(ValueError, match="dvc.yaml"):
+        EvaluateConfig.from_mapping({"samplers": {"s1": {"name": "msjoe", "params": {"checkpoint": "m/s.pt"}}}})
+
+
 def test_evaluate_checks_every_sampler_entry_as_strictly() -> None:
     cfg = EvaluateConfig.from_mapping({"samplers": {"aks_gen": {"name": "aks", "params": {"max_depth": 5},
                                                                 "queries": "generated"}}, "oracle": False})
