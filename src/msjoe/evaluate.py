@@ -410,13 +410,18 @@ def _my_batches(keys: Sequence[T], batch_size: int, rank: int, world: int) -> li
 
 
 def _turn_context(pipeline: Pipeline) -> dict[str, Any]:
-    """What every turn's reply depends on besides its own inputs: the MLLM's weights, the
-    pipeline's settings, torch's thread count (float reductions split per thread) and the
-    versions of the libraries that compute it."""
+    """What every turn's reply depends on besides its own inputs: the MLLM's weights, the device
+    and dtype they run in (a CPU reply is not a CUDA or bf16 one), the pipeline's settings,
+    torch's thread count (float reductions split per thread) and the versions of the libraries
+    that compute it."""
     import torch
     import transformers
 
+    model = getattr(pipeline.mllm, "model", None)
     return {"mllm": getattr(pipeline.mllm, "identity", None), "cfg": asdict(pipeline.cfg),
+            # the device type, not its index: every rank of a sharded run must name a batch alike
+            "device": getattr(getattr(pipeline.mllm, "device", None), "type", None),
+            "dtype": str(getattr(model, "dtype", None)),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 

@@ -100,6 +100,16 @@ def test_benchmark_stages_run_the_demo_scripts_from_the_root_with_their_own_para
         assert {p.split(".")[0] for p in declared} <= yaml.safe_load((ROOT / "benchmark_eval" / "params.yaml").read_text()).keys()
 
 
+def test_package_deps_cover_every_file_the_bento_packs() -> None:
+    """The bento's tag hashes what it packs (msjoe.package.bento_fingerprint): a packed file
+    that is not a dependency would change the tag without DVC rerunning package."""
+    spec = yaml.safe_load((ROOT / "bento" / "bentofile.yaml").read_text())
+    packed = {str(p.relative_to(ROOT)) for pattern in spec["include"] for p in ROOT.glob(pattern) if p.is_file()}
+    packed |= {"bento/bentofile.yaml", spec["python"]["requirements_txt"]}
+    assert "src/msjoe/evaluate.py" in packed
+    assert not _uncovered(packed, DVC["package"]["deps"]), _uncovered(packed, DVC["package"]["deps"])
+
+
 def test_dependency_check_notices_a_missing_module() -> None:
     files = _code_closure(_script(DVC["evaluate"]["cmd"]))
     assert {"src/msjoe/stats.py", "src/msjoe/mllm/parsing.py", "stages/_common.py"} <= files

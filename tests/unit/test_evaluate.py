@@ -409,3 +409,22 @@ def test_params_claims_name_evaluated_samplers_and_budgets() -> None:
     assert {b for b, _ in by_name["joint_beats_training_free"].b} == training_free
     ni = by_name["joint_at_K_noninferior_to_uniform_at_2K"]
     assert ni.kind == "noninferior" and ni.margin == 0.05 and ni.b == (("uniform", 2 * k),)
+
+
+def test_a_saved_batch_of_turns_is_named_by_device_type_and_dtype_not_device_index() -> None:
+    """The turn cache must not hand a CPU run's replies to a CUDA or bf16 run, and every rank
+    of a sharded GPU run (cuda:0, cuda:1, ...) must name the same batch alike."""
+    import types
+
+    import torch
+
+    from msjoe.evaluate import _turn_context
+    from msjoe.pipeline import PipelineConfig
+
+    def context(device: str, dtype: torch.dtype) -> dict:
+        mllm = types.SimpleNamespace(identity="m@1", device=torch.device(device),
+                                     model=types.SimpleNamespace(dtype=dtype))
+        return _turn_context(types.SimpleNamespace(mllm=mllm, cfg=PipelineConfig()))  # type: ignore[arg-type]
+
+    assert context("cuda:0", torch.bfloat16) == context("cuda:1", torch.bfloat16)
+    assert context("cuda:0", torch.bfloat16) != context("cuda:0", torch.float32) != context("cpu", torch.float32)
