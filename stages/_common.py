@@ -5,6 +5,7 @@ Only stages read params.yaml; they pass plain values to one library call each.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import logging
@@ -22,6 +23,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # cuBLAS's deterministic workspace mode, which deterministic() needs for the stages that run on a
 # GPU (README "Reproducibility"); read when CUDA initialises, so also set before torch is imported.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def add_params_argument(parser: argparse.ArgumentParser) -> None:
+    """``--params``: the params file a stage reads its sections from (benchmark_eval/ has its own)."""
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
 
 
 def params(section: str, path: Path = Path("params.yaml")) -> dict[str, Any]:

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    from _common import add_params_argument, deterministic, params, pipeline_settings, setup
+except ImportError:  # python -m stages.<stage>
+    from stages._common import add_params_argument, deterministic, params, pipeline_settings, setup
 
 #: Keys of an RL params section that say where and on what the stage runs, not how it trains.
 RUN_KEYS = ("threads", "split", "max_questions", "device", "dtype")
@@ -27,7 +33,7 @@ def add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=Path, required=True, help="the embed stage's feature cache")
     parser.add_argument("--clip", type=Path, required=True, help="directory with clip.json")
     parser.add_argument("--mllm", type=Path, required=True, help="directory with mllm.json (the MLLM to start from)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    add_params_argument(parser)
 
 
 def arguments(description: str, out_help: str) -> argparse.ArgumentParser:
@@ -60,6 +66,15 @@ def split_section(section: Mapping[str, Any]) -> RunSettings:
                        section.get("dtype"))
 
 
+def start(stage: str, args: argparse.Namespace) -> tuple[logging.Logger, RunSettings]:
+    """Logging, ``stage``'s params section split (:func:`split_section`), and seeds and thread
+    counts fixed before any model is built: the first lines of every RL stage."""
+    log = setup(stage)
+    run = split_section(params(stage, args.params))
+    deterministic(run.threads, int(run.train.get("seed", 0)))
+    return log, run
+
+
 def device_for_rank() -> str:
     """``cuda:<LOCAL_RANK>`` when DeepSpeed will use CUDA, else ``cpu``."""
     import os
@@ -73,10 +88,10 @@ def device_for_rank() -> str:
     return "cpu"
 
 
-def load_inputs(args: argparse.Namespace, run: RunSettings, settings: Mapping[str, Any]) -> tuple[Any, list, dict]:
+def load_inputs(args: argparse.Namespace, run: RunSettings) -> tuple[Any, list, dict]:
     """The pipeline (frozen CLIP, the MLLM to start from, no feature store: items carry their
-    features; ``settings``: ``_common.pipeline_settings``) on this rank's device, the training
-    items and their counts."""
+    features; asked as the params file's ``inference`` section says) on this rank's device, the
+    training items and their counts."""
     import pandas as pd
 
     from msjoe.clip.model import load_clip
@@ -88,7 +103,7 @@ def load_inputs(args: argparse.Namespace, run: RunSettings, settings: Mapping[st
     device = device_for_rank()
     items, counts = load_items(pd.read_parquet(args.questions), args.video_root, args.features, run.split,
                                run.max_questions)
-    pcfg = PipelineConfig.from_mapping(dict(settings))
+    pcfg = PipelineConfig.from_mapping(pipeline_settings(args.params))
     pipeline = Pipeline(load_clip(args.clip, device=device),
                         load_prepared_mllm(args.mllm, device=device, dtype=run.dtype),
                         build_sampler("uniform"), None, pcfg)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 import _rl
-from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+from _common import write_report, write_timings
 
 
 def main() -> None:
@@ -16,14 +16,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="per-question pass rates (.parquet)")
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
-    log = setup("difficulty")
-    run = _rl.split_section(params("difficulty", args.params))
-    deterministic(run.threads, int(run.train.get("seed", 0)))
+    log, run = _rl.start("difficulty", args)
 
     from msjoe.rl.difficulty import DifficultyConfig, measure_difficulty
 
     cfg = DifficultyConfig.from_mapping(run.train)
-    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
+    pipeline, items, counts = _rl.load_inputs(args, run)
     result = measure_difficulty(pipeline, items, cfg)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.table.to_parquet(args.out, index=False)

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, setup, write_report, write_timings
+from _common import add_params_argument, deterministic, params, setup, write_report, write_timings
 
 from msjoe.clip.model import load_clip
 from msjoe.embed import EmbedConfig, embed_videos
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--clip", type=Path, required=True, help="directory with clip.json")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
+    add_params_argument(parser)
     args = parser.parse_args()
     log = setup("embed")
     p = params("embed", args.params)

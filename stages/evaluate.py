@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+from _common import add_params_argument, deterministic, params, pipeline_settings, setup, write_report, write_timings
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--predictions", type=Path, required=True, help="per-question predictions (.parquet or .csv)")
     parser.add_argument("--plots", type=Path, required=True, help="accuracy vs budget rows (DVC plot)")
     parser.add_argument("--figures", type=Path, required=True, help="directory of per-example figures")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
+    add_params_argument(parser)
     parser.add_argument("--turn-cache", type=Path, help="finished batches of turns (kept between runs: a killed run resumes)")
     args = parser.parse_args()
     log = setup("evaluate")
@@ -82,9 +82,14 @@ def main() -> None:
     mllms = dict(spec.split("=", 1) if "=" in spec else ("base", spec) for spec in args.mllm)
     default = next(iter(mllms))
     groups: dict[str, dict] = {name: {} for name in mllms}
-    checkpoints = dict(spec.split("=", 1) for spec in args.checkpoint if "=" in spec)
-    if len(checkpoints) != len(args.checkpoint) or not set(checkpoints) <= set(cfg.samplers):
-        raise SystemExit(f"--checkpoint {args.checkpoint}: expected LABEL=PATH with LABEL in evaluate.samplers")
+    checkpoints: dict[str, str] = {}
+    for spec in args.checkpoint:
+        label, sep, path = spec.partition("=")
+        if not sep or not path or label in checkpoints:
+            raise SystemExit(f"--checkpoint {spec!r}: expected LABEL=PATH, each LABEL once")
+        if label not in cfg.samplers:
+            raise SystemExit(f"--checkpoint {spec!r}: no sampler {label!r} in evaluate.samplers ({', '.join(cfg.samplers)})")
+        checkpoints[label] = path
     for label, spec in cfg.samplers.items():
         name = spec.mllm or default
         if name not in mllms:

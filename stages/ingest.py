@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import params, setup, write_report
+from _common import add_params_argument, params, setup, write_report
 
-from msjoe.ingest import TooManyRejects, ingest
+from msjoe.ingest import IngestConfig, TooManyRejects, ingest
 
 
 def main() -> None:
@@ -17,19 +17,12 @@ def main() -> None:
     parser.add_argument("--video-root", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (benchmark_eval/ has its own)")
+    add_params_argument(parser)
     args = parser.parse_args()
     log = setup("ingest")
-    p = params("ingest", args.params)
+    cfg = IngestConfig.from_mapping(params("ingest", args.params))
     try:
-        report = ingest(
-            args.qa,
-            args.video_root,
-            args.out,
-            max_reject_fraction=float(p["max_reject_fraction"]),
-            workers=int(p.get("workers", 2)),
-            probe_timeout_s=float(p.get("probe_timeout_s", 300)),
-        )
+        report = ingest(args.qa, args.video_root, args.out, cfg.max_reject_fraction, cfg.workers, cfg.probe_timeout_s)
     except TooManyRejects as exc:
         write_report(args.report, exc.report.to_dict())
         log.error("%s", exc)

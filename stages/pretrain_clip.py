@@ -8,8 +8,7 @@ from pathlib import Path
 
 from _common import deterministic, params, setup, write_report, write_timings
 
-from msjoe.clip.prepare import prepare_clip
-from msjoe.clip.pretrain import ClipTrainConfig
+from msjoe.clip.prepare import ClipSettings, prepare_clip
 
 
 def main() -> None:
@@ -20,12 +19,9 @@ def main() -> None:
     parser.add_argument("--loss-plot", type=Path, required=True)
     args = parser.parse_args()
     setup("pretrain_clip")
-    p = params("clip")
-    deterministic(p.get("threads"), int((p.get("train") or {}).get("seed", 0)))
-    report = prepare_clip(
-        p["model"], p.get("pretrained"), args.out, args.world, ClipTrainConfig(**p.get("train", {})),
-        recall_k=int(p.get("recall_k", 8)),
-    )
+    cfg = ClipSettings.from_mapping(params("clip"))
+    deterministic(cfg.threads, cfg.train.seed)
+    report = prepare_clip(cfg.model, cfg.pretrained, args.out, args.world, cfg.train, recall_k=cfg.recall_k)
     curve = report.pop("loss_curve", [])
     args.loss_plot.parent.mkdir(parents=True, exist_ok=True)
     args.loss_plot.write_text(json.dumps([{"step": i, "loss": loss} for i, loss in enumerate(curve)]))

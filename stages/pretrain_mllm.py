@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import params, setup, write_report
+from _common import add_params_argument, params, setup, write_report
 
 from msjoe.mllm.pretrain import prepare_mllm
 
@@ -19,7 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    add_params_argument(parser)
     args = parser.parse_args()
     setup("pretrain_mllm")
     p = params("mllm", args.params)

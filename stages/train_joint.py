@@ -13,26 +13,24 @@ from pathlib import Path
 
 try:
     import _rl
-    from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+    from _common import write_report, write_timings
 except ImportError:  # python -m stages.train_joint
     from stages import _rl
-    from stages._common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+    from stages._common import write_report, write_timings
 
 
 def main() -> None:
     parser = _rl.arguments(__doc__, out_help="directory for sampler.pt, model/, mllm.json")
     parser.add_argument("--sampler", type=Path, help="stage 1's sampler.pt (the sampler's start)")
     args = parser.parse_args()
-    log = setup("train_joint")
-    run = _rl.split_section(params("train_joint", args.params))
-    deterministic(run.threads, int(run.train.get("seed", 0)))
+    log, run = _rl.start("train_joint", args)
     train = {**run.train, **({"sampler_init": str(args.sampler)} if args.sampler is not None else {})}
 
     from msjoe.rl.engine import dist_info
     from msjoe.rl.train_joint import JointTrainConfig, train_joint
 
     cfg = JointTrainConfig.from_mapping(train)
-    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
+    pipeline, items, counts = _rl.load_inputs(args, run)
     report = train_joint(pipeline, items, args.out, args.checkpoints, cfg)
     # the step a run resumed from depends on what an earlier run left behind: run state
     timings = {**report.pop("timings", {}), "resumed_from": report.pop("resumed_from")}

@@ -11,19 +11,17 @@ from pathlib import Path
 
 try:
     import _rl
-    from _common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+    from _common import write_report, write_timings
 except ImportError:  # python -m stages.train_sampler
     from stages import _rl
-    from stages._common import deterministic, params, pipeline_settings, setup, write_report, write_timings
+    from stages._common import write_report, write_timings
 
 
 def main() -> None:
     parser = _rl.arguments(__doc__, out_help="directory for sampler.pt")
     parser.add_argument("--difficulty", type=Path, required=True, help="the difficulty stage's pass rates")
     args = parser.parse_args()
-    log = setup("train_sampler")
-    run = _rl.split_section(params("train_sampler", args.params))
-    deterministic(run.threads, int(run.train.get("seed", 0)))
+    log, run = _rl.start("train_sampler", args)
 
     import pandas as pd
 
@@ -32,7 +30,7 @@ def main() -> None:
     from msjoe.rl.train_sampler import SamplerTrainConfig, train_sampler
 
     cfg = SamplerTrainConfig.from_mapping(run.train)
-    pipeline, items, counts = _rl.load_inputs(args, run, pipeline_settings(args.params))
+    pipeline, items, counts = _rl.load_inputs(args, run)
     difficulty, dropped = trainable_qids(pd.read_parquet(args.difficulty))
     report = train_sampler(pipeline, items, difficulty, args.out, args.checkpoints, cfg)
     # the step a run resumed from depends on what an earlier run left behind: run state

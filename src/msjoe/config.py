@@ -1,5 +1,5 @@
 """One strict way to build a settings dataclass from a plain mapping (a params.yaml section,
-a release's JSON, a saved report).
+a release's JSON, a saved report), and to keep one as a JSON file (a model's manifest).
 
 Why strict: a misspelt key that silently kept its default would run a different experiment
 than the one written down, so every unknown key is an error that names it. YAML and JSON have
@@ -9,11 +9,13 @@ keeping the config hashable and its ``asdict`` stable.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["from_mapping"]
+__all__ = ["from_mapping", "read_json", "write_json"]
 
 T = TypeVar("T")
 
@@ -51,3 +53,18 @@ def from_mapping(
         elif isinstance(value, list) and default is not MISSING and isinstance(default, tuple):
             data[name] = tuple(value)
     return kind(**data)
+
+
+def write_json(path: Path, settings: Any) -> Path:
+    """The dataclass ``settings`` as indented JSON at ``path`` (its folder is made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+    return path
+
+
+def read_json(kind: type[T], path: Path, what: str, missing: str) -> T:
+    """A ``kind`` from the JSON file :func:`write_json` wrote, as strictly as :func:`from_mapping`;
+    a missing file is a FileNotFoundError that says ``missing`` (what makes the file)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {missing}")
+    return from_mapping(kind, json.loads(path.read_text()), what)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from msjoe.clip.model import FrozenClip
     from msjoe.mllm.load import MLLM, GenerationResult
-    from msjoe.rl.rewards import RewardBreakdown, Transform
+    from msjoe.rl.rewards import RewardBreakdown, RewardConfig
     from msjoe.sampling.base import FrameSampler, Selection
 
 __all__ = [
@@ -413,20 +413,16 @@ def score(
     answer: AnswerTurn,
     truth: str,
     logit_scale: float,
-    *,
-    tau: float = 10.0,
-    transform: Transform = "softmax",
-    info_weight: float = 0.1,
-    format_bonus: float = 0.1,
+    config: RewardConfig | None = None,
 ) -> RewardBreakdown:
     """The episode's reward ``r_acc + r_format + r_info`` (:func:`msjoe.rl.rewards.total_reward`).
 
     ``sim`` is the similarity of the queries used; a query turn that fell back to the question
     earns no information reward (its ``sim`` is not the policy's work and is ignored).
     """
-    from msjoe.rl.rewards import total_reward
+    from msjoe.rl.rewards import RewardConfig, total_reward
 
     return total_reward(
         answer.letter, truth, query.ok, answer.ok, sim if query.ok else None, logit_scale,
-        tau=tau, transform=transform, info_weight=info_weight, format_bonus=format_bonus,
+        config if config is not None else RewardConfig(),
     )

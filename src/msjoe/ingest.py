@@ -12,12 +12,14 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from msjoe.config import from_mapping
 from msjoe.probe import probe_many
 from msjoe.validation import (
     EVIDENCE_TOLERANCE_S,
@@ -34,6 +36,21 @@ log = logging.getLogger(__name__)
 
 QUESTION_COLUMNS = ["qid", "video", "question", "options", "answer", "duration_s", "category", "split", "evidence"]
 _RAW_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The ``ingest`` params section: the share of QA lines that may be rejected before the
+    stage fails, the video-probing worker processes, and how long one probe may take."""
+
+    max_reject_fraction: float = 1.0
+    workers: int = 2
+    probe_timeout_s: float = 300.0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> IngestConfig:
+        """From a params section; unknown keys are an error."""
+        return from_mapping(cls, values, "ingest")
 
 
 @dataclass

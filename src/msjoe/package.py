@@ -17,7 +17,8 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,10 @@ def release_fingerprint(candidate: Candidate, clip_dir: Path, release_cfg: Mappi
     return digest.hexdigest()
 
 
-def bento_fingerprint(bentofile: Path, build_ctx: Path, release: str) -> str:
-    """Content hash of the bento ``bentofile`` builds around the release ``release`` (its
-    fingerprint): the bentofile and every file it includes (or names as requirements)."""
+def bento_tag_for(bentofile: Path, build_ctx: Path, release: str) -> str:
+    """``<name>:<version>`` of the bento ``bentofile`` builds around the release ``release`` (its
+    fingerprint). The version hashes the release, the bentofile and every file it includes (or
+    names as requirements), so the same inputs give the same tag on any machine."""
     import fnmatch
 
     import yaml
@@ -126,16 +128,15 @@ def bento_fingerprint(bentofile: Path, build_ctx: Path, release: str) -> str:
         if any(fnmatch.fnmatch(rel, pattern) for pattern in excluded):
             continue
         digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    return f"{spec.get('name', 'msjoe')}:{digest.hexdigest()[:VERSION_LENGTH]}"
 
 
-def _stored(kind: str, tag: str) -> bool:
-    """Whether the local BentoML store already holds the model (``kind="model"``) or bento ``tag``."""
-    import bentoml
+def _in_store(get: Callable[[str], object], tag: str) -> bool:
+    """Whether ``get`` (``bentoml.models.get`` or ``bentoml.get``) finds ``tag`` in the local store."""
     from bentoml.exceptions import NotFound
 
     try:
-        bentoml.models.get(tag) if kind == "model" else bentoml.get(tag)
+        get(tag)
     except NotFound:
         return False
     return True
@@ -156,6 +157,8 @@ def package_release(
     db_url: str | None,
 ) -> dict[str, Any]:
     """Import the winner into the BentoML model store, build the bento, record the release."""
+    import bentoml
+
     from msjoe.serving.release import MODEL_NAME, import_release
 
     by_label = {c.label: c for c in candidates}
@@ -166,7 +169,7 @@ def package_release(
     metrics = {f"{metric}@{budget}": score, "candidates": {
         c: (report[metric].get(c) or {}).get(str(budget)) for c in by_label}}
     model_tag = f"{MODEL_NAME}:{fingerprint[:VERSION_LENGTH]}"
-    reused = {"model": _stored("model", model_tag)}
+    reused = {"model": _in_store(bentoml.models.get, model_tag)}
     if not reused["model"]:
         import_release(
             clip_dir, winner.mllm_dir, winner.sampler_ckpt, cfg,
@@ -176,11 +179,11 @@ def package_release(
         )
     bento_tag = None
     if bentofile is not None:
-        bento_version = bento_fingerprint(bentofile, build_ctx, fingerprint)[:VERSION_LENGTH]
-        bento_tag = _bento_tag(bentofile, bento_version)
-        reused["bento"] = _stored("bento", bento_tag)
+        bento_tag = bento_tag_for(bentofile, build_ctx, fingerprint)
+        reused["bento"] = _in_store(bentoml.get, bento_tag)
         if not reused["bento"]:
-            _build_bento(bentofile, build_ctx, model_tag, bento_version, {**labels, FINGERPRINT_LABEL: fingerprint})
+            _build_bento(bentofile, build_ctx, model_tag, bento_tag.split(":")[1],
+                         {**labels, FINGERPRINT_LABEL: fingerprint})
     result = {
         "winner": winner_label,
         "metric": metric,
@@ -196,12 +199,6 @@ def package_release(
         _record(db_url, winner, fingerprint, model_tag, bento_tag, labels.get("git_rev"), result)
     log.info("release %s (winner %s, %s@%s = %.4f)", bento_tag or model_tag, winner_label, metric, budget, score)
     return result
-
-
-def _bento_tag(bentofile: Path, version: str) -> str:
-    import yaml
-
-    return f"{(yaml.safe_load(bentofile.read_text()) or {}).get('name', 'msjoe')}:{version}"
 
 
 def _build_bento(bentofile: Path, build_ctx: Path, model_tag: str, version: str, labels: Mapping[str, str]) -> str:

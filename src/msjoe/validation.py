@@ -69,24 +69,18 @@ def question_checks() -> list[Check]:
         Check(e.ExpectColumnValuesToBeInTypeList(column=c, type_list=["str"]), f"field '{c}' must be a string")
         for c in ("qid", "video", "question", "answer", "category", "split")
     ]
+    checks.append(Check(e.ExpectColumnValuesToBeUnique(column="qid"), "duplicate qid (every row with this qid is rejected)"))
+    lengths = (  # column, shortest, longest, what a reject says
+        ("qid_len", 1, MAX_QID_LEN, f"qid must be 1-{MAX_QID_LEN} characters"),
+        ("question_len", 1, MAX_QUESTION_LEN, f"question must be 1-{MAX_QUESTION_LEN} characters"),
+        ("video_len", 1, MAX_PATH_LEN, f"video path must be 1-{MAX_PATH_LEN} characters"),
+        ("label_len", 0, MAX_LABEL_LEN, f"category and split must be at most {MAX_LABEL_LEN} characters"),
+    )
     checks += [
-        Check(e.ExpectColumnValuesToBeUnique(column="qid"), "duplicate qid (every row with this qid is rejected)"),
-        Check(
-            e.ExpectColumnValuesToBeBetween(column="qid_len", min_value=1, max_value=MAX_QID_LEN),
-            f"qid must be 1-{MAX_QID_LEN} characters",
-        ),
-        Check(
-            e.ExpectColumnValuesToBeBetween(column="question_len", min_value=1, max_value=MAX_QUESTION_LEN),
-            f"question must be 1-{MAX_QUESTION_LEN} characters",
-        ),
-        Check(
-            e.ExpectColumnValuesToBeBetween(column="video_len", min_value=1, max_value=MAX_PATH_LEN),
-            f"video path must be 1-{MAX_PATH_LEN} characters",
-        ),
-        Check(
-            e.ExpectColumnValuesToBeBetween(column="label_len", min_value=0, max_value=MAX_LABEL_LEN),
-            f"category and split must be at most {MAX_LABEL_LEN} characters",
-        ),
+        Check(e.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi), reason)
+        for column, lo, hi, reason in lengths
+    ]
+    checks += [
         Check(
             e.ExpectColumnValuesToBeInSet(column="options_ok", value_set=[True]),
             f"options must be a list of non-empty strings of at most {MAX_OPTION_LEN} characters",

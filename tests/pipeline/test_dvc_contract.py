@@ -101,7 +101,7 @@ def test_benchmark_stages_run_the_demo_scripts_from_the_root_with_their_own_para
 
 
 def test_package_deps_cover_every_file_the_bento_packs() -> None:
-    """The bento's tag hashes what it packs (msjoe.package.bento_fingerprint): a packed file
+    """The bento's tag hashes what it packs (msjoe.package.bento_tag_for): a packed file
     that is not a dependency would change the tag without DVC rerunning package."""
     spec = yaml.safe_load((ROOT / "bento" / "bentofile.yaml").read_text())
     packed = {str(p.relative_to(ROOT)) for pattern in spec["include"] for p in ROOT.glob(pattern) if p.is_file()}
@@ -120,8 +120,9 @@ def test_dependency_check_notices_a_missing_module() -> None:
 def test_stage_params_match_the_sections_the_scripts_read() -> None:
     for name, stage in DVC.items():
         source = (ROOT / _script(stage["cmd"])).read_text()
-        read = set(re.findall(r'params\("(\w+)"', source))
-        if "pipeline_settings(" in source:  # _common.pipeline_settings: embed's frames + the inference section
+        read = set(re.findall(r'(?:params|_rl\.start)\("(\w+)"', source))  # _rl.start reads the stage's own section
+        # _common.pipeline_settings (which _rl.load_inputs calls): embed's frames + the inference section
+        if "pipeline_settings(" in source or "_rl.load_inputs(" in source:
             read |= {"embed", "inference"}
         declared = {p.split(".")[0] for p in stage.get("params", [])}
         assert read == declared, f"{name}: reads {read} but declares {declared}"

@@ -73,10 +73,13 @@ def test_timings_are_neither_dvc_outputs_nor_in_git() -> None:
 
 
 def test_every_stage_records_its_wall_time_and_peak_rss() -> None:
-    """``setup(name)`` registers the exit hook that writes reports/timings/<name>.json."""
+    """``setup(name)`` registers the exit hook that writes reports/timings/<name>.json (the RL
+    stages call it through ``_rl.start(name, ...)``)."""
+    assert re.search(r"\n    log = setup\(stage\)\n", (ROOT / "stages" / "_rl.py").read_text())
     for name, stage in DVC.items():
         script = re.match(r"python (stages/\w+\.py)", stage["cmd"]).group(1)  # type: ignore[union-attr]
-        assert re.search(rf'\bsetup\("{name}"\)', (ROOT / script).read_text()), f"{script} never calls setup({name!r})"
+        source = (ROOT / script).read_text()
+        assert re.search(rf'\b(setup|_rl\.start)\("{name}"', source), f"{script} never calls setup({name!r})"
 
 
 def test_write_timings_writes_a_stage_file_under_reports_timings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

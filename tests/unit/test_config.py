@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from msjoe import config
+from msjoe.clip.prepare import ClipSettings
 from msjoe.evaluate import EvaluateConfig
+from msjoe.ingest import IngestConfig
 from msjoe.package import PackageConfig
 from msjoe.mllm.pretrain import MLLMPretrainConfig
 from msjoe.pipeline import PipelineConfig
@@ -39,6 +41,8 @@ def test_doctests_pass() -> None:
         (ReleaseConfig, "release config"),
         (EvaluateConfig, "evaluate"),
         (PackageConfig, "package"),
+        (IngestConfig, "ingest"),
+        (ClipSettings, "clip"),
     ],
 )
 def test_a_misspelt_key_is_named_not_ignored(kind: type, what: str) -> None:
@@ -78,6 +82,17 @@ def test_the_shared_inference_section_is_what_every_consuming_stage_reads(params
                     for p in ([entry] if isinstance(entry, str) else [x for v in entry.values() for x in v])]
         asks = name in ("difficulty", "train_sampler", "train_joint", "evaluate", "package")
         assert ("inference" in declared) == asks, name
+
+
+@pytest.mark.parametrize("params_file", ["params.yaml", "benchmark_eval/params.yaml"])
+def test_the_shipped_ingest_and_clip_sections_are_valid(params_file: str) -> None:
+    params = yaml.safe_load(open(params_file))
+    assert IngestConfig.from_mapping(params["ingest"]).max_reject_fraction == params["ingest"]["max_reject_fraction"]
+    if "clip" in params:
+        clip = ClipSettings.from_mapping(params["clip"])
+        assert clip.model == params["clip"]["model"] and clip.train.steps == params["clip"]["train"]["steps"]
+    with pytest.raises(ValueError, match=r"unknown clip.train parameters: \['stpes'\]"):
+        ClipSettings.from_mapping({"model": "m", "train": {"stpes": 1}})
 
 
 def test_the_shipped_package_section_is_valid() -> None:

@@ -18,7 +18,7 @@ from msjoe.mllm.build import build_tiny_mllm
 from msjoe.mllm.load import MLLM, GenerationResult, load_mllm
 from msjoe.mllm.parsing import OPTION_LETTERS
 from msjoe.pipeline import Pipeline, PipelineConfig
-from msjoe.rl.rewards import accuracy_reward, total_reward
+from msjoe.rl.rewards import RewardConfig, accuracy_reward, total_reward
 from msjoe.sampling import build_sampler
 from tests.models import tiny_mllm_config, write_random_clip
 
@@ -204,7 +204,7 @@ def test_score_pays_information_only_for_the_policy_s_own_queries() -> None:
     fell_back = episode.score(fallback, peaked[:1], right, "A", logit_scale=100.0)
     assert (fell_back.accuracy, fell_back.format, fell_back.info, fell_back.info_fired) == (1.0, 0.0, 0.0, 0.0)
     assert float(episode.score(own, peaked, wrong, "A", 100.0)) == pytest.approx(0.2)
-    no_letter = episode.score(own, peaked, unparsed, "A", 100.0, info_weight=0.5, format_bonus=0.3)
+    no_letter = episode.score(own, peaked, unparsed, "A", 100.0, RewardConfig(info_weight=0.5, format_bonus=0.3))
     assert (no_letter.accuracy, no_letter.format, no_letter.info) == (0.0, 0.0, pytest.approx(0.5))
 
 

@@ -23,7 +23,7 @@ from msjoe.mllm.demo_base import DemoBaseConfig, VisionPretrainConfig, pretrain_
 from msjoe.mllm.load import load_mllm
 from msjoe.mllm.parsing import OPTION_LETTERS, parse_answer, parse_queries
 from msjoe.mllm.prompts import build_answer_messages
-from msjoe.mllm.pretrain import MLLMPretrainConfig, WorldVideos, answer_examples, build_corpus, caption_examples, event_runs, evidence_frame_set, load_world_questions, no_evidence_frame_set, prepare_mllm, query_examples
+from msjoe.mllm.pretrain import MLLMPretrainConfig, WorldVideos, answer_examples, build_corpus, caption_examples, event_runs, frame_set, load_world_questions, prepare_mllm, query_examples
 from msjoe.mllm.manifest import MANIFEST, identity_for, load_prepared_mllm, read_manifest
 from msjoe.mllm.sft import SFTConfig
 from msjoe.world import WorldConfig, generate_world
@@ -110,23 +110,23 @@ def test_evidence_sets_cover_every_event_and_evidence_free_sets_avoid_them() -> 
     events = [10, 11, 12, 20, 21, 30, 31, 50, 51, 52, 70]  # + two distractor events
     rng = np.random.default_rng(0)
     for _ in range(50):
-        with_ev = evidence_frame_set(evidence, 100, 8, rng, event_frames=events, distractor_event_fraction=0.5)
+        with_ev = frame_set(evidence, 100, 8, rng, event_frames=events, distractor_event_fraction=0.5)
         assert with_ev == sorted(set(with_ev)) and len(with_ev) == 8
         assert all(any(f in with_ev for f in run) for run in event_runs(evidence))
         # exactly one frame per target event: the fillers never repeat evidence
         assert sum(f in evidence for f in with_ev) == 3
-        without = no_evidence_frame_set(evidence, 100, 8, rng, event_frames=events, distractor_event_fraction=0.5)
+        without = frame_set(evidence, 100, 8, rng, with_evidence=False, event_frames=events, distractor_event_fraction=0.5)
         assert without == sorted(set(without)) and len(without) == 8
         assert not set(without) & set(evidence)
     # With every filler taken from other events, distractor events do show up.
     rng = np.random.default_rng(1)
-    only_events = evidence_frame_set(evidence, 100, 8, rng, event_frames=events, distractor_event_fraction=1.0)
+    only_events = frame_set(evidence, 100, 8, rng, event_frames=events, distractor_event_fraction=1.0)
     assert set(only_events) <= set(events)
 
 
 def test_more_target_events_than_frames_keeps_k_event_frames() -> None:
     evidence = [0, 5, 10, 15, 20, 25]
-    chosen = evidence_frame_set(evidence, 40, 4, np.random.default_rng(0))
+    chosen = frame_set(evidence, 40, 4, np.random.default_rng(0))
     assert len(chosen) == 4 and set(chosen) <= set(evidence)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from msjoe.package import VERSION_LENGTH, Candidate, bento_fingerprint, package_release, select_winner
+from msjoe.package import VERSION_LENGTH, Candidate, bento_tag_for, package_release, select_winner
 from msjoe.store import latest_release, summary
 from tests.bento import build_model_dirs, release_config
 
@@ -87,14 +87,16 @@ def test_bento_version_follows_what_the_bentofile_packs(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     (tmp_path / "pkg" / "__pycache__" / "b.py").write_text("stale\n")
     (tmp_path / "notes.py").write_text("not packed\n")
-    first = bento_fingerprint(bentofile, tmp_path, "release-a")
-    assert bento_fingerprint(bentofile, tmp_path, "release-a") == first
-    assert bento_fingerprint(bentofile, tmp_path, "release-b") != first  # another model inside
+    first = bento_tag_for(bentofile, tmp_path, "release-a")
+    name, version = first.split(":")
+    assert name == "msjoe" and len(version) == VERSION_LENGTH and int(version, 16) >= 0
+    assert bento_tag_for(bentofile, tmp_path, "release-a") == first
+    assert bento_tag_for(bentofile, tmp_path, "release-b") != first  # another model inside
     (tmp_path / "notes.py").write_text("still not packed\n")
     (tmp_path / "pkg" / "__pycache__" / "b.py").write_text("excluded\n")
-    assert bento_fingerprint(bentofile, tmp_path, "release-a") == first
+    assert bento_tag_for(bentofile, tmp_path, "release-a") == first
     (tmp_path / "bento" / "requirements.txt").write_text("torch==2.1\n")
-    second = bento_fingerprint(bentofile, tmp_path, "release-a")
+    second = bento_tag_for(bentofile, tmp_path, "release-a")
     assert second != first
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    assert bento_fingerprint(bentofile, tmp_path, "release-a") not in (first, second)
+    assert bento_tag_for(bentofile, tmp_path, "release-a") not in (first, second)

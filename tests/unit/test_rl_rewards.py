@@ -11,6 +11,7 @@ import pytest
 import msjoe.rl.rewards as rewards_mod
 from msjoe.rl.rewards import (
     RewardBreakdown,
+    RewardConfig,
     accuracy_reward,
     format_reward,
     info_reward,
@@ -128,7 +129,7 @@ def test_total_reward_adds_the_parts() -> None:
     assert r.info == pytest.approx(0.05)
     assert r.total == pytest.approx(1.15) and float(r) == r.total
 
-    wrong = total_reward("A", "C", True, False, sim, logit_scale=100.0, info_weight=0.2)
+    wrong = total_reward("A", "C", True, False, sim, 100.0, RewardConfig(info_weight=0.2))
     assert (wrong.accuracy, wrong.format) == (0.0, 0.0)
     assert wrong.info == pytest.approx(0.1)  # queries were generated, so r_info still counts
 
@@ -136,3 +137,13 @@ def test_total_reward_adds_the_parts() -> None:
     fallback = total_reward("C", "C", False, True, sim, logit_scale=100.0)
     assert (fallback.format, fallback.info, fallback.info_fired) == (0.0, 0.0, 0.0)
     assert fallback.total == 1.0
+
+
+def test_reward_config_rejects_bad_knobs_when_built() -> None:
+    with pytest.raises(ValueError, match="transform"):
+        RewardConfig(transform="log")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tau"):
+        RewardConfig(tau=0.0)
+    sim = np.vstack([peaked_row(32, 3, 0.2)])
+    strict = total_reward("C", "C", True, True, sim, 100.0, RewardConfig(tau=1e30))
+    assert strict.info_fired == 0.0  # tau reaches info_reward

@@ -105,4 +105,7 @@ def test_group_size_one_is_rejected() -> None:
         JointTrainConfig(group_size=1)
     with pytest.raises(ValueError, match="unknown train_joint parameters"):
         JointTrainConfig.from_mapping({"step": 3})
+    with pytest.raises(ValueError, match="transform"):
+        JointTrainConfig.from_mapping({"transform": "softmx"})  # a typo fails at load
+    assert JointTrainConfig(tau=5.0, info_weight=0.3).reward.tau == 5.0
     assert (REPO / "infra" / "deepspeed" / "zero3.json").is_file()

@@ -6,10 +6,11 @@ the weights actually used (a content hash for local checkpoints, the tag for hub
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from msjoe.config import read_json, write_json
+from msjoe.video import sha256_file
 
 MANIFEST = "clip.json"
 
@@ -35,20 +36,15 @@ class ClipManifest:
 def identity_for(model: str, pretrained: str | None, checkpoint: Path | None) -> str:
     """Stable id of the weights: feature caches are keyed by it."""
     if checkpoint is not None:
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-        return f"{model}@sha256:{digest}"
+        return f"{model}@sha256:{sha256_file(checkpoint)[:16]}"
     return f"{model}@{pretrained or 'random'}"
 
 
 def write_manifest(directory: Path, manifest: ClipManifest) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / MANIFEST
-    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    return path
+    """Write ``directory/clip.json``."""
+    return write_json(directory / MANIFEST, manifest)
 
 
 def read_manifest(directory: Path) -> ClipManifest:
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the pretrain_clip stage first")
-    return ClipManifest(**json.loads(path.read_text()))
+    """Read ``directory/clip.json`` (written by the ``pretrain_clip`` stage)."""
+    return read_json(ClipManifest, Path(directory) / MANIFEST, "clip manifest", "run the pretrain_clip stage first")

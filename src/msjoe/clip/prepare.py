@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,32 @@ import torch
 from msjoe.clip.manifest import ClipManifest, identity_for, write_manifest
 from msjoe.clip.model import CONFIG_DIR, FrozenClip, create_clip, load_clip
 from msjoe.clip.pretrain import ClipTrainConfig, evidence_recall, train_clip
+from msjoe.config import from_mapping
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "clip.pt"
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """The ``clip`` params section: the open_clip architecture, where its weights come from (a
+    hub tag such as ``openai``, a local checkpoint, or None: learn them on the demo world with
+    ``train``), the stage's thread count and the ``k`` of its evidence recall@k check."""
+
+    model: str
+    pretrained: str | None = None
+    threads: int | None = None
+    recall_k: int = 8
+    train: ClipTrainConfig = field(default_factory=ClipTrainConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ClipSettings:
+        """From a params section; unknown keys (here or under ``train``) are an error."""
+        def train(value: Mapping[str, Any] | None) -> ClipTrainConfig:
+            return from_mapping(ClipTrainConfig, value or {}, "clip.train")
+
+        return from_mapping(cls, values, "clip", nested={"train": train})
 
 
 def prepare_clip(

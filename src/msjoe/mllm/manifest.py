@@ -10,10 +10,11 @@ the RL stages and the service load through :func:`load_prepared_mllm`.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from msjoe.config import read_json, write_json
 
 if TYPE_CHECKING:
     from msjoe.mllm.load import MLLM
@@ -25,7 +26,6 @@ MANIFEST = "mllm.json"
 MODEL_SUBDIR = "model"
 _FULL_HASH_LIMIT = 256 << 20
 _EDGE_BYTES = 1 << 20
-
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,12 @@ def identity_for(name_or_path: str, directory: Path | None = None) -> str:
 
 def write_manifest(directory: Path, manifest: MLLMManifest) -> Path:
     """Write ``directory/mllm.json``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / MANIFEST
-    path.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    return path
+    return write_json(directory / MANIFEST, manifest)
 
 
 def read_manifest(directory: Path) -> MLLMManifest:
     """Read ``directory/mllm.json`` (written by the ``pretrain_mllm`` stage)."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the pretrain_mllm stage first")
-    data = json.loads(path.read_text())
-    return MLLMManifest(name_or_path=str(data["name_or_path"]), identity=str(data["identity"]))
+    return read_json(MLLMManifest, Path(directory) / MANIFEST, "mllm manifest", "run the pretrain_mllm stage first")
 
 
 def load_prepared_mllm(directory: Path, **load_kwargs: Any) -> MLLM:

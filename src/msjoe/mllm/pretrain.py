@@ -87,10 +87,9 @@ __all__ = [
     "caption_examples",
     "evaluate_mllm",
     "event_runs",
-    "evidence_frame_set",
     "extra_train_questions",
+    "frame_set",
     "load_world_questions",
-    "no_evidence_frame_set",
     "prepare_mllm",
     "query_examples",
     "query_target",
@@ -441,49 +440,38 @@ def _fill(
     return sorted(chosen)
 
 
-def evidence_frame_set(
+def frame_set(
     evidence_frames: Sequence[int],
     n_frames: int,
     k: int,
     rng: np.random.Generator,
     *,
+    with_evidence: bool = True,
     event_frames: Sequence[int] = (),
     distractor_event_fraction: float = 0.0,
 ) -> list[int]:
-    """K sorted frames with one random frame of every target event and non-evidence fillers.
+    """K sorted frames for an answer example, with or without the question's evidence.
 
-    A filler is drawn from ``event_frames`` that are not evidence (other events, the
-    distractors a sampler brings) with probability ``distractor_event_fraction``, else from
-    any non-evidence frame. More target events than K: a random K of them.
+    ``with_evidence``: one random frame of every target event (more target events than K: a
+    random K of them) and non-evidence fillers; else K frames none of which is evidence. A
+    filler is drawn from ``event_frames`` that are not evidence (other events, the distractors
+    a sampler brings) with probability ``distractor_event_fraction``, else from any
+    non-evidence frame.
     """
+    evidence = set(int(f) for f in evidence_frames)
+    others = np.array([f for f in range(n_frames) if f not in evidence], dtype=np.int64)
+    distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
+    if not with_evidence:
+        if len(others) < k:
+            raise ValueError(f"only {len(others)} frames without evidence, {k} needed")
+        return _fill(set(), k, others, distractors, distractor_event_fraction, rng)
     runs = event_runs(evidence_frames)
     if not runs:
         raise ValueError("no evidence frames")
     chosen = {int(rng.choice(run)) for run in runs}
     if len(chosen) > k:
         chosen = set(rng.choice(sorted(chosen), size=k, replace=False).tolist())
-    evidence = set(int(f) for f in evidence_frames)
-    others = np.array([f for f in range(n_frames) if f not in evidence], dtype=np.int64)
-    distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
     return _fill(chosen, min(k, n_frames), others, distractors, distractor_event_fraction, rng)
-
-
-def no_evidence_frame_set(
-    evidence_frames: Sequence[int],
-    n_frames: int,
-    k: int,
-    rng: np.random.Generator,
-    *,
-    event_frames: Sequence[int] = (),
-    distractor_event_fraction: float = 0.0,
-) -> list[int]:
-    """K sorted frames none of which is an evidence frame (same filler rule as with evidence)."""
-    evidence = set(int(f) for f in evidence_frames)
-    others = np.array([f for f in range(n_frames) if f not in evidence], dtype=np.int64)
-    if len(others) < k:
-        raise ValueError(f"only {len(others)} frames without evidence, {k} needed")
-    distractors = np.array([f for f in event_frames if f not in evidence and 0 <= f < n_frames], dtype=np.int64)
-    return _fill(set(), k, others, distractors, distractor_event_fraction, rng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,11 +578,11 @@ def answer_examples(
         expected = cfg.evidence_sets * cfg.no_evidence_ratio
         n_without = int(expected) + int(rng.random() < expected - int(expected))
         for i in range(cfg.evidence_sets):
-            idx = evidence_frame_set(q.evidence_frames, n, counts[i % len(counts)], rng, **kwargs)
+            idx = frame_set(q.evidence_frames, n, counts[i % len(counts)], rng, **kwargs)
             make(q, frames, idx, True)
         for _ in range(n_without):
             k = counts[int(rng.integers(0, len(counts)))]
-            idx = no_evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs)
+            idx = frame_set(q.evidence_frames, n, k, rng, with_evidence=False, **kwargs)
             make(q, frames, idx, False)
     return out
 
@@ -669,9 +657,9 @@ def evaluate_mllm(
             "event_frames": videos.event_frames(q.video),
             "distractor_event_fraction": cfg.distractor_event_fraction,
         }
-        sets["evidence"].append(evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs))
+        sets["evidence"].append(frame_set(q.evidence_frames, n, k, rng, **kwargs))
         sets["uniform"].append(uniform_frame_set(n, k))
-        sets["no_evidence"].append(no_evidence_frame_set(q.evidence_frames, n, k, rng, **kwargs))
+        sets["no_evidence"].append(frame_set(q.evidence_frames, n, k, rng, with_evidence=False, **kwargs))
     report: dict[str, Any] = {"eval_questions": len(questions), "k_frames": k}
     families = sorted({q.category for q in questions})
     for name, frame_sets in sets.items():

@@ -13,7 +13,8 @@ the evaluation and the tests score a rollout the same way:
   "peaked" when ``max / min`` of the transformed row exceeds ``tau``; the reward is
   ``weight x`` the fraction of peaked rows. How often it fires is returned too, because a
   bonus that always (or never) fires teaches nothing and should be noticed in the logs.
-* :func:`total_reward` - the sum, with its parts kept for logging.
+* :func:`total_reward` - the sum, with its parts kept for logging; its knobs are one
+  :class:`RewardConfig`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from msjoe.episode import is_correct
 __all__ = [
     "InfoReward",
     "RewardBreakdown",
+    "RewardConfig",
     "Transform",
     "accuracy_reward",
     "format_reward",
@@ -192,6 +194,28 @@ class RewardBreakdown:
         return self.total
 
 
+@dataclass(frozen=True)
+class RewardConfig:
+    """The knobs of :func:`total_reward`, in one place for the trainer, evaluation and tests.
+
+    ``tau``, ``transform`` and ``info_weight`` are :func:`info_reward`'s (the ``max / min``
+    threshold of a peaked row, how a row becomes positive weights, the bonus for all rows
+    peaked); ``format_bonus`` is :func:`format_reward`'s bonus when both turns parse. The
+    defaults are the paper's shaping weights; the demo's ``tau`` is calibrated in params.yaml.
+    """
+
+    tau: float = 10.0
+    transform: Transform = "softmax"
+    info_weight: float = 0.1
+    format_bonus: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.transform not in ("softmax", "raw"):
+            raise ValueError(f"transform must be 'softmax' or 'raw', got {self.transform!r}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+
+
 def total_reward(
     pred_letter: str | None,
     answer: str,
@@ -199,11 +223,7 @@ def total_reward(
     answer_ok: bool,
     sim: np.ndarray | None,
     logit_scale: float,
-    *,
-    tau: float = 10.0,
-    transform: Transform = "softmax",
-    info_weight: float = 0.1,
-    format_bonus: float = 0.1,
+    config: RewardConfig = RewardConfig(),
 ) -> RewardBreakdown:
     """Score one rollout: ``accuracy + format + info`` (docs/design.md section 2).
 
@@ -220,9 +240,9 @@ def total_reward(
     0.0
     """
     acc = accuracy_reward(pred_letter, answer)
-    fmt = format_reward(query_ok, answer_ok, bonus=format_bonus)
+    fmt = format_reward(query_ok, answer_ok, bonus=config.format_bonus)
     if query_ok and sim is not None:
-        info = info_reward(sim, logit_scale, tau=tau, transform=transform, weight=info_weight)
+        info = info_reward(sim, logit_scale, tau=config.tau, transform=config.transform, weight=config.info_weight)
         r_info, fired = info.value, info.fired
     else:
         r_info, fired = 0.0, 0.0

@@ -50,6 +50,7 @@ from msjoe.rl.rollout import (
     step_seed,
 )
 from msjoe.rl.run import RunConfig, TrainingRun, file_identity, fingerprint, full_state_dict
+from msjoe.rl.rewards import RewardConfig
 from msjoe.rl.schedule import lr_lambda
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ class JointTrainConfig(RunConfig):
             raise ValueError("RL rollouts must be sampled: temperatures must be > 0")
         if self.kl_coef < 0 or self.clip_eps < 0:
             raise ValueError("kl_coef and clip_eps must be >= 0")
+        self.reward  # a bad reward setting fails here, at load, not at the first rollout
+
+    @property
+    def reward(self) -> RewardConfig:
+        """The reward's knobs (``tau``, ``transform``, ``info_weight``, ``format_bonus``)."""
+        return RewardConfig(self.tau, self.transform, self.info_weight, self.format_bonus)  # type: ignore[arg-type]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> JointTrainConfig:
@@ -216,9 +223,7 @@ def _rollout(
 def _rewards(rollouts: _Rollouts, logit_scale: float, cfg: JointTrainConfig) -> list[RewardBreakdown]:
     """``r_acc + r_format + r_info`` of every rollout (:func:`msjoe.episode.score`)."""
     return [
-        episode.score(q.turn, q.sim, a.turn, item.answer, logit_scale, tau=cfg.tau,
-                      transform=cfg.transform,  # type: ignore[arg-type]
-                      info_weight=cfg.info_weight, format_bonus=cfg.format_bonus)
+        episode.score(q.turn, q.sim, a.turn, item.answer, logit_scale, cfg.reward)
         for item, q, a in zip(rollouts.items, rollouts.queries, rollouts.answers, strict=True)
     ]
 
