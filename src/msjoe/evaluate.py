@@ -127,7 +127,10 @@ class EvaluateConfig:
     ``claims``: paired tests (:func:`parse_claims`) with ``bootstrap_resamples`` seeded by
     ``seed``; ``benchmark``: add that benchmark's official scores; ``batch_size``:
     conversations per MLLM call (how the MLLM is asked is the shared ``inference`` section, the
-    candidate frames are ``embed``'s); ``threads``/``device``: where the models run.
+    candidate frames are ``embed``'s); ``threads``/``device``: where the models run (threads per
+    process); ``processes``: how many ranks dvc.yaml launches the stage as (``python -m
+    torch.distributed.run --nproc_per_node``); each answers its share of the turns, and the
+    result is the same as one process's (a rank takes its rank from the environment).
     """
 
     split: str | None = "eval"
@@ -144,8 +147,11 @@ class EvaluateConfig:
     threads: int | None = None
     device: str = "cpu"
     batch_size: int = 16
+    processes: int = 1
 
     def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
         if not self.budgets or min(self.budgets) < 1:
             raise ValueError(f"budgets must be positive integers, got {list(self.budgets)}")
         official.check_benchmark(self.benchmark)

@@ -18,7 +18,7 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 def _script(cmd: str) -> str:
-    match = re.match(r"python (stages/\w+\.py)", cmd)
+    match = re.match(r"python (?:-m torch\.distributed\.run .*? )?(stages/\w+\.py)", cmd)
     assert match, f"stage command must run a stage script: {cmd}"
     return match.group(1)
 

@@ -77,7 +77,7 @@ def test_every_stage_records_its_wall_time_and_peak_rss() -> None:
     stages call it through ``_rl.start(name, ...)``)."""
     assert re.search(r"\n    log = setup\(stage\)\n", (ROOT / "stages" / "_rl.py").read_text())
     for name, stage in DVC.items():
-        script = re.match(r"python (stages/\w+\.py)", stage["cmd"]).group(1)  # type: ignore[union-attr]
+        script = re.match(r"python (?:-m torch\.distributed\.run .*? )?(stages/\w+\.py)", stage["cmd"]).group(1)  # type: ignore[union-attr]
         source = (ROOT / script).read_text()
         assert re.search(rf'\b(setup|_rl\.start)\("{name}"', source), f"{script} never calls setup({name!r})"
 
