@@ -65,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--burst", type=int, help="simultaneous uploads of the burst (default: 2 x the queue bound)")
     p.add_argument("--budget", type=int, default=8)
     p.add_argument("--max-seconds", type=float, default=300.0, help="wall-clock bound of the load phase")
-    p.add_argument("--threads", type=int, default=2, help="OMP/torch threads of a started server")
+    p.add_argument("--threads", type=int, default=2, help="OMP/torch threads of a started server (per worker)")
+    p.add_argument("--workers", type=int, default=1, help="MSJOE_WORKERS of a started server (processes)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     try:
@@ -158,9 +159,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env: dict[str, str], tag: str, scratch: Path, threads: int) -> tuple[subprocess.Popen, str, Path]:
+def start_server(env: dict[str, str], tag: str, scratch: Path, threads: int,
+                 workers: int) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
-    env = {**env, "MSJOE_MODEL_TAG": tag, "MSJOE_CACHE_DIR": str(scratch / "cache"),
+    env = {**env, "MSJOE_MODEL_TAG": tag, "MSJOE_CACHE_DIR": str(scratch / "cache"), "MSJOE_WORKERS": str(workers),
            "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "True"}
     log = scratch / "serve.log"
     with open(log, "wb") as out:
@@ -338,7 +340,7 @@ def main() -> None:
         url = args.url
         if url is None:
             env, tag = prepare_home(args, scratch)
-            proc, url, log = start_server(env, tag, scratch, args.threads)
+            proc, url, log = start_server(env, tag, scratch, args.threads, args.workers)
         try:
             ready = wait_ready(url, proc, log)
             print(f"server {url} ready after {ready:.1f} s", flush=True)
