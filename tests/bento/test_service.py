@@ -281,6 +281,36 @@ def test_bentoml_serve_end_to_end(server: str, release: str, videos: dict[str, P
         assert '<form id="ask">' in page.text and 'fetch("answer"' in page.text
 
 
+@pytest.mark.slow
+def test_two_cpu_workers_answer_like_one(server: str, release: str, bento_home: Path, videos: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    """``MSJOE_WORKERS=2`` on the CPU (what bento/README.md advises for a CPU host): two
+    processes, each with its models and batcher, sharing one feature cache; concurrent uploads
+    of two videos all succeed and get the replies the one-worker server gives."""
+    import httpx
+
+    form = {"question": QUESTION, "options": json.dumps(OPTIONS), "budget": "4"}
+    data = {name: videos[name].read_bytes() for name in ("good", "other")}
+
+    def ask(base: str, name: str) -> httpx.Response:
+        return httpx.post(f"{base}/answer", data=form, files={"video": (f"{name}.mp4", data[name], "video/mp4")},
+                          timeout=120.0)
+
+    expected = {name: ask(server, name).json() for name in data}
+    env = {"BENTOML_HOME": str(bento_home), "MSJOE_CACHE_DIR": str(tmp_path / "cache"), "MSJOE_MODEL_TAG": release,
+           "MSJOE_WORKERS": "2", "OMP_NUM_THREADS": "1"}
+    with bentoml_serve(env, tmp_path / "serve.log", ready_timeout=180.0) as base:
+        with ThreadPoolExecutor(8) as pool:
+            names = ["good", "other"] * 4
+            replies = list(pool.map(lambda name: ask(base, name), names))
+    assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies if r.status_code != 200]
+    check_reply(replies[0].json(), 4, videos["good"], release)
+    for name, reply in zip(names, replies, strict=True):
+        got = reply.json()
+        for key in ("option", "queries", "frames", "video"):
+            assert got[key] == expected[name][key], key
+
+
 CHROMIUM = Path(os.environ.get("MSJOE_CHROMIUM", "/usr/bin/chromium"))
 # headless on a machine with no network: no GPU, no first-run, no background connections
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
