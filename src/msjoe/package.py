@@ -15,9 +15,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class PackageConfig:
     ``metric`` at ``budget`` picks the winner (``direction``: ``max`` or ``min``); ``build_bento``:
     also build the bento (else only import the model); ``release``: the served configuration
     (:class:`~msjoe.serving.release.ReleaseConfig` fields but ``pipeline``, which the stage fills
-    from the shared ``inference`` section and ``embed``'s fps and cap); ``gate``: the retraining flow's promotion gate, read by the flow
-    (``flows/promotion.py``), not by this stage.
+    from the shared ``inference`` section and ``embed``'s fps and cap); ``gate``: the retraining
+    flow's promotion gate, read by the flow (``flows/promotion.py``), not by this stage.
     """
 
     metric: str = "accuracy"
@@ -182,7 +182,7 @@ def package_release(
         bento_tag = bento_tag_for(bentofile, build_ctx, fingerprint)
         reused["bento"] = _in_store(bentoml.get, bento_tag)
         if not reused["bento"]:
-            _build_bento(bentofile, build_ctx, model_tag, bento_tag.split(":")[1],
+            _build_bento(bentofile, build_ctx, model_tag, bentoml.Tag.from_taglike(bento_tag).version,
                          {**labels, FINGERPRINT_LABEL: fingerprint})
     result = {
         "winner": winner_label,

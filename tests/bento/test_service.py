@@ -303,6 +303,8 @@ def test_two_cpu_workers_answer_like_one(server: str, release: str, bento_home: 
         with ThreadPoolExecutor(8) as pool:
             names = ["good", "other"] * 4
             replies = list(pool.map(lambda name: ask(base, name), names))
+    log = (tmp_path / "serve.log").read_text()
+    assert all(f"[entry_service:msjoe:{i}] Service msjoe initialized" in log for i in (1, 2)), log[-3000:]
     assert [r.status_code for r in replies] == [200] * 8, [r.text for r in replies if r.status_code != 200]
     check_reply(replies[0].json(), 4, videos["good"], release)
     for name, reply in zip(names, replies, strict=True):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,8 +94,6 @@ def fingerprint(cfg: RunConfig, pipeline: Pipeline, inputs: Mapping[str, Any]) -
     (``pipeline.cfg``: a checkpoint trained with other frame sizes or reply lengths must not be
     resumed), the frozen CLIP and the MLLM the run starts from, and ``inputs`` (training
     questions, initial weights)."""
-    from dataclasses import asdict
-
     from msjoe.rl.checkpoint import run_fingerprint
 
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in BOOKKEEPING}

@@ -95,7 +95,7 @@ class JointTrainConfig(RunConfig):
             raise ValueError("RL rollouts must be sampled: temperatures must be > 0")
         if self.kl_coef < 0 or self.clip_eps < 0:
             raise ValueError("kl_coef and clip_eps must be >= 0")
-        self.reward  # a bad reward setting fails here, at load, not at the first rollout
+        _ = self.reward  # builds (and so checks) the reward settings at load, not at the first rollout
 
     @property
     def reward(self) -> RewardConfig:
@@ -222,8 +222,9 @@ def _rollout(
 
 def _rewards(rollouts: _Rollouts, logit_scale: float, cfg: JointTrainConfig) -> list[RewardBreakdown]:
     """``r_acc + r_format + r_info`` of every rollout (:func:`msjoe.episode.score`)."""
+    reward = cfg.reward
     return [
-        episode.score(q.turn, q.sim, a.turn, item.answer, logit_scale, cfg.reward)
+        episode.score(q.turn, q.sim, a.turn, item.answer, logit_scale, reward)
         for item, q, a in zip(rollouts.items, rollouts.queries, rollouts.answers, strict=True)
     ]
 
