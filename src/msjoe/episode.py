@@ -21,7 +21,10 @@ trained, greedy or sampled turns, a seed per chunk or none.
    :func:`select` (any registered :class:`~msjoe.sampling.base.FrameSampler`; the learned one
    takes the top K); :func:`uniform_positions` is the uniform baseline's choice.
 4. **Answer turn.** :func:`answer_conversation` -> :func:`answer_turns` (generation,
-   :func:`parse_answer_turn` to an option letter or None).
+   :func:`parse_answer_turn` to an option letter or None). Inference (evaluation, serving)
+   then runs :func:`resolve_answers`: a greedy reply that names no option gets the option the
+   MLLM itself scores highest after its reply up to the answer tag (:func:`score_options`).
+   Training rollouts keep the reply as written, so the format reward judges what was said.
 5. **Scoring.** :func:`is_correct`; :func:`score` gives the reward breakdown
    ``r_acc + r_format + r_info`` of :mod:`msjoe.rl.rewards` (whose ``accuracy_reward`` is
    :func:`is_correct` as a number).
@@ -32,6 +35,7 @@ Light to import (numpy; torch only inside the sampler-draw functions).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -64,10 +68,12 @@ __all__ = [
     "parse_answer_turn",
     "parse_query_turn",
     "preview_positions",
+    "resolve_answers",
     "query_conversation",
     "query_turns",
     "sampler_log_probs",
     "score",
+    "score_options",
     "select",
     "similarity",
     "uniform_positions",
@@ -88,6 +94,14 @@ class TextGenerator(Protocol):
         self, conversations: Sequence[Conversation], max_new_tokens: int = ..., temperature: float = ...,
         seed: int | None = ..., with_log_probs: bool = ...,
     ) -> list[GenerationResult]: ...
+
+
+class CompletionScorer(Protocol):
+    """What answer resolution needs from an MLLM: :meth:`~msjoe.mllm.load.MLLM.score_completions`."""
+
+    def score_completions(
+        self, conversations: Sequence[Conversation], completions: Sequence[Sequence[str]]
+    ) -> list[list[float]]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,17 +337,19 @@ def answer_conversation(
 
 @dataclass(frozen=True)
 class AnswerTurn:
-    """One answer turn: the parsed option ``letter`` (None: no parsable answer), the raw
-    ``text`` and the generation ``result``."""
+    """One answer turn: the option ``letter`` (None: the reply names none and it was not
+    resolved), the raw ``text``, the generation ``result``, and ``scored``: True when the letter
+    is not the reply's but the option :func:`resolve_answers` scored highest."""
 
     letter: str | None
     text: str
     result: GenerationResult | None = None
+    scored: bool = False
 
     @property
     def ok(self) -> bool:
-        """Whether an option letter was parsed."""
-        return self.letter is not None
+        """Whether the reply itself names an option (what the format reward and the parse rate count)."""
+        return self.letter is not None and not self.scored
 
 
 def parse_answer_turn(text: str, options: Sequence[str]) -> str | None:
@@ -364,6 +380,90 @@ def answer_turns(
     results = generate(mllm, conversations, max_new_tokens=max_new_tokens, temperature=temperature,
                        batch_size=batch_size, seed=seed, with_log_probs=with_log_probs)
     return [AnswerTurn(parse_answer_turn(r.text, opts), r.text, r) for r, opts in zip(results, options, strict=True)]
+
+
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+
+
+def answer_prefix(text: str) -> str:
+    """The reply up to and including its first ``<answer>`` tag (one is added when it has none):
+    what the MLLM said before committing to an option.
+
+    >>> answer_prefix("Seen: a red star. <answer>a green star</answer>")
+    'Seen: a red star. <answer>'
+    >>> answer_prefix("Seen: a red star, a")
+    'Seen: a red star, a <answer>'
+    """
+    if (tag := _ANSWER_OPEN.search(text)) is not None:
+        return text[: tag.end()]
+    return f"{text.rstrip()} <answer>".lstrip()
+
+
+def score_options(
+    mllm: CompletionScorer,
+    conversations: Sequence[Conversation],
+    prefixes: Sequence[str],
+    options: Sequence[Sequence[str]],
+    *,
+    batch_size: int | None = None,
+) -> list[str]:
+    """The letter of the option the MLLM finds most likely after each prefix.
+
+    Each option is scored as the log-probability of the whole completion
+    ``prefix + option + "</answer>"`` and the end of the turn, summed over its tokens (the
+    likelihood scoring multiple-choice evaluations such as lmms-eval use); the first of equal
+    scores wins. Whole completions are compared, not the option's tokens alone, because a
+    tokenizer may merge the tag's last character with the option's first. ``batch_size``
+    bounds the completions scored per forward pass (at least one question's; None: all at once).
+    """
+    from msjoe.mllm.parsing import OPTION_LETTERS
+
+    if not len(conversations) == len(prefixes) == len(options):
+        raise ValueError(f"{len(conversations)} conversations, {len(prefixes)} prefixes, {len(options)} option lists")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    completions = [[f"{prefix}{str(option).strip()}</answer>" for option in opts]
+                   for prefix, opts in zip(prefixes, options, strict=True)]
+    chunks: list[list[int]] = []
+    for i, texts in enumerate(completions):
+        if chunks and (batch_size is None or sum(len(completions[j]) for j in chunks[-1]) + len(texts) <= batch_size):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    letters: list[str] = []
+    for chunk in chunks:
+        scores = mllm.score_completions([conversations[i] for i in chunk], [completions[i] for i in chunk])
+        letters += [OPTION_LETTERS[max(range(len(row)), key=row.__getitem__)] for row in scores]
+    return letters
+
+
+def resolve_answers(
+    mllm: CompletionScorer,
+    conversations: Sequence[Conversation],
+    options: Sequence[Sequence[str]],
+    turns: Sequence[AnswerTurn],
+    *,
+    batch_size: int | None = None,
+) -> list[AnswerTurn]:
+    """Inference's answer: the option a reply names, else the one :func:`score_options` picks
+    after the reply's own text up to the answer tag (``scored=True``).
+
+    A small model sometimes answers with an event that is not among the options; counting that
+    as wrong measures its wording, not what it saw. Its own likelihood over the options reads
+    the same reply as a choice, and the turn keeps ``ok`` False so the parse rate still reports
+    how often the reply named an option by itself. Replies that name one are left as they are.
+    """
+    if not len(conversations) == len(options) == len(turns):
+        raise ValueError(f"{len(conversations)} conversations, {len(options)} option lists, {len(turns)} turns")
+    todo = [i for i, turn in enumerate(turns) if turn.letter is None]
+    letters = score_options(
+        mllm, [conversations[i] for i in todo], [answer_prefix(turns[i].text) for i in todo],
+        [options[i] for i in todo], batch_size=batch_size,
+    )
+    out = list(turns)
+    for i, letter in zip(todo, letters, strict=True):
+        out[i] = AnswerTurn(letter, turns[i].text, turns[i].result, scored=True)
+    return out
 
 
 def visual_tokens(mllm: MLLM, frames: Sequence[Any], max_pixels: int | None) -> int:

@@ -24,8 +24,11 @@ duration group, LVBench by question type; :mod:`msjoe.official`),
 selected frame lies inside an evidence span), ``evidence_complete_rate`` (share where every
 evidence span holds a selected frame: what a question about several events, an order or a
 count, needs), ``accuracy_per_category``, visual tokens per answer, parse rates
-(``answer_format_rate``: the reply holds a closed answer tag; ``answer_parse_rate``: the tag
-names one of the options, so an unparsed but well-formed reply is a wrong answer), and mean per-turn stage latencies. Every proportion comes with its n and a
+(``answer_format_rate``: the reply holds a closed answer tag; ``answer_parse_rate``: the reply
+itself names one of the options), and mean per-turn stage latencies. A reply that names no
+option is answered with the option the MLLM scores highest after it
+(:func:`msjoe.episode.resolve_answers`; ``option_scored`` in the predictions), so accuracy
+counts what the model saw and chose, not how it worded it. Every proportion comes with its n and a
 95% Wilson interval (``*_ci`` keys, ``[lo, hi]``). ``oracle`` (when evidence is known)
 answers from the evidence frames padded with uniform frames to K: an upper bound for samplers.
 
@@ -332,7 +335,7 @@ def summarise(predictions: pd.DataFrame, benchmark: str | None = None) -> dict[s
         complete = group["evidence_complete"].dropna().astype(bool)
         with_queries = group[group["query_source"] == "generated"]
         parsed_queries = int(with_queries["query_parse_ok"].astype(bool).sum())
-        parsed_answers = int(group["prediction"].notna().sum())
+        parsed_answers = int((group["prediction"].notna() & ~group["option_scored"].astype(bool)).sum())
         tagged_answers = int(group["answer_text"].fillna("").map(has_answer_tag).sum())
         durations = group["duration_s"].tolist() if "duration_s" in group else None
         scores = official.breakdown(benchmark, correct, group["category"].astype(str).tolist(), durations)
@@ -425,6 +428,8 @@ def _turn_context(pipeline: Pipeline) -> dict[str, Any]:
 
     model = getattr(pipeline.mllm, "model", None)
     return {"mllm": getattr(pipeline.mllm, "identity", None), "cfg": asdict(pipeline.cfg),
+            # how a reply becomes a letter (episode.resolve_answers, MLLM.score_completions)
+            "answer": "the reply's option, else the option scored highest on the shared-prefix cache",
             # the device type, not its index: every rank of a sharded run must name a batch alike
             "device": getattr(getattr(pipeline.mllm, "device", None), "type", None),
             "dtype": str(getattr(model, "dtype", None)),
@@ -620,7 +625,7 @@ def evaluate(
 
     # 5. answer turns per distinct (question, frame set), batched in video order
     answer_keys = sorted({(p["i"], tuple(p["selection"].indices.tolist())) for p in plans})
-    answers: dict[tuple[int, tuple[int, ...]], tuple[str | None, str, int]] = {}
+    answers: dict[tuple[int, tuple[int, ...]], tuple[str | None, str, bool, int]] = {}
 
     def answer_inputs(key: tuple[int, tuple[int, ...]]) -> list[Any]:
         item = items[key[0]]
@@ -664,8 +669,8 @@ def evaluate(
         ]
         replies = pipeline.generate_answers(conversations, [list(items[i].row.options) for i, _ in chunk])
         wall["answer"] += time.perf_counter() - tick
-        for key, (letter, text), frames in zip(chunk, replies, batch_frames, strict=True):
-            answers[key] = (letter, text, pipeline.visual_tokens(frames, answer_pixels))
+        for key, turn, frames in zip(chunk, replies, batch_frames, strict=True):
+            answers[key] = (turn.letter, turn.text, turn.scored, pipeline.visual_tokens(frames, answer_pixels))
         if cache is not None:
             cache.save(cache.digest("answer", [answer_inputs(k) for k in chunk]), [list(answers[key]) for key in chunk])
         bar.update(len(chunk))
@@ -680,7 +685,7 @@ def evaluate(
     for p in plans:
         item = items[p["i"]]
         sel: Selection = p["selection"]
-        letter, text, answer_tokens = answers[(p["i"], tuple(sel.indices.tolist()))]
+        letter, text, scored, answer_tokens = answers[(p["i"], tuple(sel.indices.tolist()))]
         times = item.features.timestamps[sel.indices]
         records.append({
             "qid": item.row.qid,
@@ -694,6 +699,7 @@ def evaluate(
             "prediction": letter,
             "correct": is_correct(letter, item.row.answer),
             "answer_text": text,
+            "option_scored": bool(scored),
             "queries": list(p["queries"]),
             "query_parse_ok": bool(p["parse_ok"]),
             "query_text": p["raw_query"],

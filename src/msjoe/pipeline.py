@@ -126,6 +126,9 @@ class Answer:
     sampler: str = ""
     query_text: str = ""
     answer_text: str = ""
+    #: True when ``answer_text`` names no option and ``option`` is the one the MLLM scored
+    #: highest after it (:func:`msjoe.episode.resolve_answers`)
+    option_scored: bool = False
     features_cached: bool = False
     #: ``details`` only: cosine rows (query x candidate) and the candidates' times (s)
     similarity: list[list[float]] | None = None
@@ -337,14 +340,17 @@ class Pipeline:
 
     def generate_answers(
         self, conversations: Sequence[Conversation], options: Sequence[Sequence[str]]
-    ) -> list[tuple[str | None, str]]:
-        """Answer turns, batched (greedy): ``(letter or None, raw text)`` per conversation."""
+    ) -> list[episode.AnswerTurn]:
+        """Answer turns, batched (greedy), each resolved to an option
+        (:func:`msjoe.episode.resolve_answers`); ``answer_failures`` counts the replies that
+        named no option themselves."""
         turns = episode.answer_turns(
             self.mllm, conversations, options, max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size,
         )
+        turns = episode.resolve_answers(self.mllm, conversations, options, turns, batch_size=self.cfg.batch_size)
         self.answer_failures += sum(not turn.ok for turn in turns)
-        return [(turn.letter, turn.text) for turn in turns]
+        return turns
 
     def visual_tokens(self, frames: Sequence[Any], max_pixels: int | None) -> int:
         """Visual tokens the MLLM spends on ``frames`` shown with at most ``max_pixels`` pixels."""
@@ -452,8 +458,8 @@ class Pipeline:
         tick = time.perf_counter()
         replies = self.generate_answers([s.answer_prompt for s in states], [s.question.options for s in states])
         elapsed = time.perf_counter() - tick
-        for state, (letter, text) in zip(states, replies, strict=True):
-            state.letter, state.answer_text = letter, text
+        for state, turn in zip(states, replies, strict=True):
+            state.letter, state.answer_text, state.option_scored = turn.letter, turn.text, turn.scored
             state.timings["answer"] = elapsed
             state.batch_sizes.append(len(states))
 
@@ -473,6 +479,7 @@ class Pipeline:
             sampler=self.sampler.name,
             query_text=state.query_text,
             answer_text=state.answer_text,
+            option_scored=state.option_scored,
             features_cached=state.features_cached,
             similarity=np.round(state.similarity, 4).tolist() if details and state.similarity is not None else None,
             candidate_timestamps=np.round(features.timestamps, 3).tolist() if details else None,
@@ -503,6 +510,7 @@ class QuestionState:
     answer_prompt: Conversation | None = None
     letter: str | None = None
     answer_text: str = ""
+    option_scored: bool = False
     visual_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)

@@ -124,8 +124,8 @@ def _engine(release: Path, cache: Path, **batching: Any) -> ServingEngine:
                                       environ={f"MSJOE_{k.upper()}": str(v) for k, v in batching.items()})
 
 
-SAME = ("option", "option_index", "queries", "query_parse_ok", "frames", "query_text", "answer_text",
-        "visual_tokens", "sampler")
+SAME = ("option", "option_index", "option_scored", "queries", "query_parse_ok", "frames", "query_text",
+        "answer_text", "visual_tokens", "sampler")
 
 
 def test_batched_answers_equal_unbatched_ones(demo_release: Path, videos: list[Path], tmp_path: Path) -> None:

@@ -223,6 +223,27 @@ def test_pipeline_building_blocks_are_the_episode_s(mllm: MLLM, clip: FrozenClip
     conv = pipeline.answer_conversation(QUESTION, OPTIONS, frames(2))
     answers = pipeline.generate_answers([conv] * 3, [OPTIONS] * 3)
     turns = episode.answer_turns(mllm, [conv] * 3, [OPTIONS] * 3, max_new_tokens=4, batch_size=2)
-    assert answers == [(t.letter, t.text) for t in turns]
-    assert pipeline.answer_failures == sum(not t.ok for t in turns)
+    assert answers == episode.resolve_answers(mllm, [conv] * 3, [OPTIONS] * 3, turns, batch_size=2)
+    assert all(a.letter in OPTION_LETTERS[:4] for a in answers)  # every question gets an option
+    assert pipeline.answer_failures == sum(not t.ok for t in turns) == sum(a.scored for a in answers)
     np.testing.assert_array_equal(Pipeline.preview_positions(32, 6), episode.preview_positions(32, 6))
+
+
+def test_a_reply_naming_no_option_gets_the_option_the_mllm_scores_highest(mllm: MLLM) -> None:
+    conv = episode.answer_conversation(QUESTION, OPTIONS, frames(2), answer_size=16)
+    named = episode.AnswerTurn("C", "Seen: a blue star. <answer>blue</answer>")
+    unnamed = episode.AnswerTurn(None, "Seen: a purple star. <answer>purple</answer>")
+    untagged = episode.AnswerTurn(None, "Seen: a")
+    resolved = episode.resolve_answers(mllm, [conv] * 3, [OPTIONS] * 3, [named, unnamed, untagged], batch_size=3)
+
+    assert resolved[0] is named and named.ok
+    for turn, prefix, out in ((unnamed, "Seen: a purple star. <answer>", resolved[1]),
+                              (untagged, "Seen: a <answer>", resolved[2])):
+        assert episode.answer_prefix(turn.text) == prefix
+        sums = mllm.sequence_log_probs([conv] * 4, [f"{prefix}{o}</answer>" for o in OPTIONS]).sums()
+        assert out.letter == OPTION_LETTERS[int(torch.argmax(sums))]
+        assert (out.text, out.scored, out.ok) == (turn.text, True, False)
+    # chunking the scored completions does not change the choice
+    assert episode.resolve_answers(mllm, [conv] * 3, [OPTIONS] * 3, [named, unnamed, untagged], batch_size=1) == resolved
+    with pytest.raises(ValueError, match="2 turns"):
+        episode.resolve_answers(mllm, [conv] * 3, [OPTIONS] * 3, [named, unnamed])

@@ -75,8 +75,11 @@ def test_evaluate_report_for_two_samplers_and_two_budgets(
         assert report["accuracy_ci"][label][b] == pytest.approx(list(wilson_interval(int(group["correct"].sum()), n)))
         lo, hi = report["accuracy_ci"][label][b]
         assert lo <= report["accuracy"][label][b] <= hi
-        assert report["answer_parse_rate_ci"][label][b] == pytest.approx(
-            list(wilson_interval(int(group["prediction"].notna().sum()), n)))
+        # every question gets an option; the parse rate counts the replies that named one themselves
+        assert group["prediction"].notna().all()
+        named = int((~group["option_scored"]).sum())
+        assert report["answer_parse_rate"][label][b] == pytest.approx(named / n)
+        assert report["answer_parse_rate_ci"][label][b] == pytest.approx(list(wilson_interval(named, n)))
         assert all(len(f) == budget for f in group["frames"])
         assert all(t == sorted(t) for t in group["timestamps"])
     # where the similarity rows came from: the override, else the pipeline's default
@@ -171,7 +174,7 @@ def _preds(rows: list[tuple[str, str, bool, bool | None]]) -> pd.DataFrame:
     return pd.DataFrame([
         {"qid": q, "category": c, "sampler": "s", "budget": 4, "correct": ok, "prediction": "A",
          "answer_text": "<answer>A</answer>", "evidence_hit": hit, "evidence_complete": hit, "visual_tokens": 10, "visual_tokens_answer": 8, "query_source": "generated",
-         "query_parse_ok": True}
+         "query_parse_ok": True, "option_scored": False}
         for q, c, ok, hit in rows
     ])
 
@@ -243,7 +246,8 @@ def test_oracle_selection_takes_evidence_then_pads_uniformly() -> None:
 def test_summarise_gives_every_proportion_its_n_and_interval() -> None:
     preds = _preds([("a", "x", True, True), ("b", "x", False, False), ("c", "y", False, None),
                     ("d", "x", True, True)])
-    preds.loc[1, "prediction"] = None  # well formed, but names no option
+    preds.loc[1, "prediction"] = "C"  # well formed, but names no option: C is the option scored highest
+    preds.loc[1, "option_scored"] = True
     preds.loc[1, "answer_text"] = "Seen: a red star. <answer>a green star</answer>"
     preds.loc[0, "evidence_complete"] = False  # a frame of one target event only
     report = summarise(preds)

@@ -235,6 +235,27 @@ def test_sequence_log_probs_carry_gradients_into_the_vision_tower(mllm: MLLM) ->
     mllm.model.zero_grad(set_to_none=True)
 
 
+def test_scoring_completions_with_shared_prompts_matches_scoring_each_pair(mllm: MLLM) -> None:
+    # different image counts per prompt, and a text-only prompt, in one batch
+    convs = [_answer_conv(1, seed=1), _answer_conv(3, seed=2),
+             [{"role": "user", "content": [{"type": "text", "text": "Which colour?"}]}]]
+    # options sharing leading tokens, one alone, one repeated, one a prefix of another
+    completions = [["Seen: red. <answer>red</answer>", "Seen: red. <answer>green</answer>", "Seen: red. <answer>red"],
+                   ["Seen: a blue star. <answer>blue</answer>"],
+                   ["<answer>A</answer>", "<answer>B</answer>", "<answer>A</answer>", "<answer>C</answer>"]]
+    shared = mllm.score_completions(convs, completions)
+    pairs = [(conv, text) for conv, texts in zip(convs, completions) for text in texts]
+    each = mllm.sequence_log_probs([c for c, _ in pairs], [t for _, t in pairs]).sums().tolist()
+    assert [len(row) for row in shared] == [3, 1, 4]
+    assert shared[2][0] == shared[2][2]
+    np.testing.assert_allclose([x for row in shared for x in row], each, rtol=1e-5, atol=1e-5)
+    images_only = mllm.score_completions(convs[:2], completions[:2])
+    np.testing.assert_allclose([x for row in images_only for x in row], each[:4], rtol=1e-5, atol=1e-5)
+    assert mllm.score_completions(convs[:1], [[]]) == [[]]
+    with pytest.raises(ValueError, match="completion lists"):
+        mllm.score_completions(convs, completions[:2])
+
+
 def test_sequence_log_probs_validate_inputs(mllm: MLLM) -> None:
     with pytest.raises(ValueError):
         mllm.sequence_log_probs([_answer_conv(1)], [])
