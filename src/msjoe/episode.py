@@ -55,10 +55,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnswerTurn",
+    "CompletionScorer",
     "QueryTurn",
     "Seed",
     "answer_conversation",
     "answer_images",
+    "answer_prefix",
     "answer_turns",
     "count_fallbacks",
     "draw_frames",
@@ -68,9 +70,9 @@ __all__ = [
     "parse_answer_turn",
     "parse_query_turn",
     "preview_positions",
-    "resolve_answers",
     "query_conversation",
     "query_turns",
+    "resolve_answers",
     "sampler_log_probs",
     "score",
     "score_options",
@@ -425,11 +427,14 @@ def score_options(
     completions = [[f"{prefix}{str(option).strip()}</answer>" for option in opts]
                    for prefix, opts in zip(prefixes, options, strict=True)]
     chunks: list[list[int]] = []
+    filled = 0  # completions in the last chunk
     for i, texts in enumerate(completions):
-        if chunks and (batch_size is None or sum(len(completions[j]) for j in chunks[-1]) + len(texts) <= batch_size):
+        if chunks and (batch_size is None or filled + len(texts) <= batch_size):
             chunks[-1].append(i)
+            filled += len(texts)
         else:
             chunks.append([i])
+            filled = len(texts)
     letters: list[str] = []
     for chunk in chunks:
         scores = mllm.score_completions([conversations[i] for i in chunk], [completions[i] for i in chunk])

@@ -315,11 +315,12 @@ class MLLM:
             inputs = self._model_inputs(collate(prompts, None, self.pad_token_id))
             keep = max(shared) + 1
             prefill = self.model(**inputs, use_cache=True, logits_to_keep=keep)
-            first = torch.log_softmax(prefill.logits.float(), dim=-1)
-            shared_lp = torch.stack([
-                sum((first[k, keep - 1 - n + t, ids[i][0][t]] for t in range(n)), torch.zeros((), device=self.device))
-                for k, (i, n) in enumerate(zip(todo, shared, strict=True))
-            ])
+            first = torch.log_softmax(prefill.logits.float(), dim=-1)  # column keep - 1 - n + t predicts shared token t
+            shared_lp = torch.zeros(len(todo), device=self.device)
+            for k, (i, n) in enumerate(zip(todo, shared, strict=True)):
+                if n:
+                    columns = torch.arange(keep - 1 - n, keep - 1, device=self.device)
+                    shared_lp[k] = first[k, columns, torch.as_tensor(ids[i][0][:n], device=self.device)].sum()
             # 2. every completion's own tokens, on a copy of its prompt's cache
             cache = prefill.past_key_values
             cache.reorder_cache(owner)
@@ -327,8 +328,9 @@ class MLLM:
             attention = torch.cat([inputs["attention_mask"].index_select(0, owner), tail_mask.long()], dim=1)
             logits = self.model(input_ids=tails, attention_mask=attention, position_ids=positions,
                                 past_key_values=cache, use_cache=True).logits.float()
-            predicted = torch.cat([first[:, -1].index_select(0, owner)[:, None], logits[:, :-1]], dim=1)
-            lp = torch.log_softmax(predicted, dim=-1).gather(-1, tails[..., None])[..., 0]
+            # tail token 0 is predicted by the prefill's last column, token j > 0 by column j - 1 here
+            predicted = torch.cat([first[:, -1].index_select(0, owner)[:, None], torch.log_softmax(logits[:, :-1], dim=-1)], dim=1)
+            lp = predicted.gather(-1, tails[..., None])[..., 0]
             totals = (lp * tail_mask).sum(dim=-1) + shared_lp.index_select(0, owner)
         for (k, _), total in zip(rows, totals.tolist(), strict=True):
             out[todo[k]].append(float(total))
