@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from msjoe.mllm.parsing import QueryParse, parse_answer, parse_queries
+from msjoe.mllm.parsing import OPTION_LETTERS, QueryParse, parse_answer, parse_queries
 from msjoe.mllm.prompts import Conversation, build_answer_messages, build_query_messages, downscale
 
 if TYPE_CHECKING:
@@ -418,8 +418,6 @@ def score_options(
     tokenizer may merge the tag's last character with the option's first. ``batch_size``
     bounds the completions scored per forward pass (at least one question's; None: all at once).
     """
-    from msjoe.mllm.parsing import OPTION_LETTERS
-
     if not len(conversations) == len(prefixes) == len(options):
         raise ValueError(f"{len(conversations)} conversations, {len(prefixes)} prefixes, {len(options)} option lists")
     if batch_size is not None and batch_size < 1:

@@ -311,7 +311,7 @@ def test_two_cpu_workers_answer_like_one(server: str, release: str, bento_home: 
     check_reply(replies[0].json(), 4, videos["good"], release)
     for name, reply in zip(names, replies, strict=True):
         got = reply.json()
-        for key in ("option", "queries", "frames", "video"):
+        for key in ("option", "option_scored", "queries", "frames", "video"):
             assert got[key] == expected[name][key], key
 
 

@@ -48,12 +48,24 @@ def test_each_step_is_told_apart() -> None:
     predictions.loc[1, "evidence_complete"] = True
     report = diagnose(predictions, QUESTIONS, EVENTS, budget=4)
     good, bad = report["samplers"]["good"], report["samplers"]["bad"]
-    assert good == {"n": 2, "accuracy": 1.0, "evidence_complete": 1.0, "events_shown": 1.5, "list_exact": 1.0,
-                    "follows_list": 1.0, "follows_list_n": 2}
+    assert good == {"n": 2, "accuracy": 1.0, "evidence_complete": 1.0, "accuracy_when_complete": 1.0,
+                    "oracle_accuracy_when_complete": None, "complete_n": 1, "events_shown": 1.5,
+                    "list_exact": 1.0, "follows_list": 1.0, "follows_list_n": 2}
     assert bad["n"] == 3 and bad["events_shown"] == 2.0
+    # complete evidence in one of the three rows, and that answer is wrong
+    assert bad["accuracy_when_complete"] == 0.0 and bad["complete_n"] == 1 and bad["accuracy"] == round(1 / 3, 4)
     assert bad["list_exact"] == 0.5  # one right list, one that missed the square, one reply without a list
     assert bad["follows_list"] == 0.5 and bad["follows_list_n"] == 2
     assert report["by_events_shown"]["1"]["n"] == 1 and report["by_events_shown"]["2"]["n"] == 4
+
+    # with an oracle row, each sampler's complete questions are scored for the oracle too
+    oracle = pd.DataFrame([_row("q1", "oracle", [11, 30, 60, 80], "Seen: a red star, a blue circle. "
+                                "<answer>a blue circle</answer>", "B", True),
+                           _row("q2", "oracle", [11, 51, 60, 80], "Seen: a red star. <answer>1</answer>", "B", False)])
+    report = diagnose(pd.concat([predictions, oracle]), QUESTIONS, EVENTS, budget=4)
+    assert report["samplers"]["bad"]["oracle_accuracy_when_complete"] == 1.0  # q1: the oracle is right
+    assert report["samplers"]["good"]["oracle_accuracy_when_complete"] == 1.0
+    assert report["samplers"]["oracle"]["complete_n"] == 0  # its evidence_complete is None here
 
 
 def test_events_are_read_from_the_world(tmp_path: Path) -> None:

@@ -67,6 +67,13 @@ def diagnose(
     """Per sampler at ``budget`` (and per number of events shown): accuracy, evidence
     completeness, events shown, list exactness and how often the answer follows the list.
 
+    ``accuracy_when_complete`` is the accuracy over the ``complete_n`` questions whose frames
+    show every target event, and ``oracle_accuracy_when_complete`` the ``oracle`` row's on the
+    same questions (None without an oracle row). With the evidence in hand, what separates the
+    two is what the MLLM makes of it among the other frames the sampler chose (the oracle pads
+    the same evidence with uniform, mostly empty frames). Where the gap is large, a sampler
+    that finds more evidence gains little.
+
     ``predictions``: evaluate's per-question table (qid, video, sampler, budget, frames,
     answer_text, correct, prediction, evidence_complete); ``questions``: ingest's table (qid,
     question, options).
@@ -75,6 +82,8 @@ def diagnose(
     if rows.empty:
         raise ValueError(f"no predictions at budget {budget}")
     by_qid = questions.set_index("qid")
+    oracle = rows[rows["sampler"] == "oracle"]
+    oracle_correct = dict(zip(oracle["qid"], oracle["correct"].astype(bool), strict=True))
     records = []
     for row in rows.itertuples(index=False):
         shown = shown_events(events.get(Path(row.video).stem, []), row.frames)
@@ -85,6 +94,7 @@ def diagnose(
             "sampler": row.sampler,
             "correct": bool(row.correct),
             "complete": getattr(row, "evidence_complete", None),
+            "oracle_correct": oracle_correct.get(row.qid),
             "events_shown": len(shown),
             "list_exact": None if listed is None else listed == shown,
             "follows_list": None if implied is None else row.prediction == option_letter(implied),
@@ -92,10 +102,14 @@ def diagnose(
     table = pd.DataFrame.from_records(records)
 
     def summary(group: pd.DataFrame) -> dict[str, Any]:
+        complete = group["complete"].fillna(False).astype(bool)
         return {
             "n": int(len(group)),
             "accuracy": _rate(group["correct"]),
             "evidence_complete": _rate(group["complete"]),
+            "accuracy_when_complete": _rate(group.loc[complete, "correct"]),
+            "oracle_accuracy_when_complete": _rate(group.loc[complete, "oracle_correct"]),
+            "complete_n": int(complete.sum()),
             "events_shown": round(float(np.mean(group["events_shown"])), 3),
             "list_exact": _rate(group["list_exact"]),
             "follows_list": _rate(group["follows_list"]),
