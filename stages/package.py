@@ -19,7 +19,7 @@ def _candidate(spec: str, samplers: dict) -> Candidate:
         raise SystemExit(f"--candidate {spec!r}: expected LABEL=MLLM_DIR[,SAMPLER_CHECKPOINT] with LABEL in "
                          "evaluate.samplers")
     return Candidate(label, samplers[label]["name"], Path(mllm_dir), Path(checkpoint) if checkpoint else None,
-                     dict(samplers[label].get("params") or {}))
+                     dict(samplers[label].get("params") or {}), samplers[label].get("queries"))
 
 
 def main() -> None:

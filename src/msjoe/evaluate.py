@@ -54,7 +54,7 @@ from msjoe import official
 from msjoe.episode import is_correct
 from msjoe.features import VideoFeatures
 from msjoe.mllm.parsing import has_answer_tag
-from msjoe.pipeline import FrameSource, Pipeline, query_source
+from msjoe.pipeline import QUERY_MODES, FrameSource, Pipeline, query_source
 from msjoe.sampling.base import FrameSampler, Selection
 from msjoe.batch_cache import BatchCache
 from msjoe.shards import all_gather, rank_and_world
@@ -88,7 +88,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ORACLE = "oracle"
-QUERY_MODES = ("none", "question", "generated")
 CLAIM_KINDS = ("superior", "noninferior")
 CONFIDENCE = 0.95
 
@@ -393,13 +392,10 @@ def query_modes(
         raise ValueError(f"query override for samplers not evaluated: {', '.join(unknown)}")
     modes: dict[str, str] = {}
     for label, sampler in samplers.items():
-        mode = str(overrides.get(label, query_source(sampler)))
-        if mode not in QUERY_MODES:
-            raise ValueError(f"sampler {label}: queries must be one of {QUERY_MODES}, got {mode!r}")
-        if sampler.needs_similarity == (mode == "none"):
-            need = "needs" if sampler.needs_similarity else "ignores"
-            raise ValueError(f"sampler {label}: {sampler.name} {need} similarity, so queries: {mode} is meaningless")
-        modes[label] = mode
+        try:
+            modes[label] = query_source(sampler, overrides.get(label))
+        except ValueError as err:
+            raise ValueError(f"sampler {label}: {err}") from None
     return modes
 
 

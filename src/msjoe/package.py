@@ -61,13 +61,16 @@ class PackageConfig:
 
 @dataclass(frozen=True)
 class Candidate:
-    """An evaluated configuration the service can run: a sampler (+ checkpoint) and an MLLM."""
+    """An evaluated configuration the service can run: a sampler (+ checkpoint), where its
+    queries come from (evaluate's per-sampler ``queries``; None: the sampler's default) and an
+    MLLM."""
 
     label: str
     sampler: str
     mllm_dir: Path
     sampler_ckpt: Path | None = None
     sampler_params: dict[str, Any] = field(default_factory=dict)
+    queries: str | None = None
 
 
 def select_winner(
@@ -164,7 +167,8 @@ def package_release(
     by_label = {c.label: c for c in candidates}
     winner_label, score = select_winner(report, list(by_label), metric, budget, direction)
     winner = by_label[winner_label]
-    cfg = {**dict(release_cfg), "sampler": winner.sampler, "sampler_params": winner.sampler_params}
+    cfg = {**dict(release_cfg), "sampler": winner.sampler, "sampler_params": winner.sampler_params,
+           "queries": winner.queries}
     fingerprint = release_fingerprint(winner, clip_dir, cfg)
     metrics = {f"{metric}@{budget}": score, "candidates": {
         c: (report[metric].get(c) or {}).get(str(budget)) for c in by_label}}

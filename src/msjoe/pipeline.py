@@ -16,6 +16,10 @@ Which queries each sampler gets (our choice, the same in evaluation and serving)
   (``"generated"``), so the baselines are compared with MSJoE on the same queries and only the
   frame-selection rule differs.
 
+A pipeline may be told otherwise (``queries=``): evaluation runs each query-driven baseline both
+as published (the question) and with the generated queries, and a release records which of the
+two it serves.
+
 The building blocks (:meth:`Pipeline.video_features`, :meth:`Pipeline.query_conversation`,
 :meth:`Pipeline.generate_queries`, :meth:`Pipeline.similarity`, :meth:`Pipeline.select`,
 :meth:`Pipeline.answer_conversation`, :meth:`Pipeline.generate_answers`) are public so that
@@ -60,6 +64,7 @@ __all__ = [
     "SelectedFrame",
     "ask_command",
     "load_sampler",
+    "QUERY_MODES",
     "query_source",
 ]
 
@@ -142,13 +147,25 @@ class Answer:
         return {k: v for k, v in out.items() if v is not None or k not in ("similarity", "candidate_timestamps")}
 
 
-def query_source(sampler: FrameSampler) -> str:
-    """``"none"``, ``"question"`` or ``"generated"``: where a sampler's similarity rows come from."""
-    if not sampler.needs_similarity:
-        return "none"
-    if sampler.name == "clip_topk":
-        return "question"
-    return "generated"
+#: Where a sampler's similarity rows come from: no queries, the question, the generated queries.
+QUERY_MODES = ("none", "question", "generated")
+
+
+def query_source(sampler: FrameSampler, override: str | None = None) -> str:
+    """Where ``sampler``'s similarity rows come from: ``override`` if given, else the default of
+    the module docstring. A sampler that ignores similarity takes only ``"none"``, one that
+    reads it ``"question"`` or ``"generated"``; anything else is an error."""
+    if override is None:
+        if not sampler.needs_similarity:
+            return "none"
+        return "question" if sampler.name == "clip_topk" else "generated"
+    mode = str(override)
+    if mode not in QUERY_MODES:
+        raise ValueError(f"queries must be one of {QUERY_MODES}, got {mode!r}")
+    if sampler.needs_similarity == (mode == "none"):
+        need = "needs" if sampler.needs_similarity else "ignores"
+        raise ValueError(f"{sampler.name} {need} similarity, so queries: {mode} is meaningless")
+    return mode
 
 
 class FrameCache:
@@ -241,6 +258,8 @@ class Pipeline:
         feature_store: cache of candidate-frame features (the embed stage's directory); None
             computes features on every call.
         cfg: inference settings.
+        queries: where the sampler's similarity rows come from (:data:`QUERY_MODES`); None:
+            :func:`query_source`'s default for the sampler.
     """
 
     def __init__(
@@ -250,10 +269,12 @@ class Pipeline:
         sampler: FrameSampler,
         feature_store: FeatureStore | None,
         cfg: PipelineConfig | None = None,
+        queries: str | None = None,
     ) -> None:
         self.clip = clip
         self.mllm = mllm
         self.sampler = sampler
+        self.queries = query_source(sampler, queries)
         self.feature_store = feature_store
         self.cfg = cfg or PipelineConfig()
         self.query_failures = 0
@@ -411,7 +432,7 @@ class Pipeline:
         if len(state.features.indices) == 0:
             raise ValueError(f"{question.video}: no candidate frames")
         state.timings["features"] = time.perf_counter() - started
-        state.mode = query_source(self.sampler)
+        state.mode = self.queries
         if state.mode == "generated":
             tick = time.perf_counter()
             positions = self.preview_positions(len(state.features.indices), int(question.budget))

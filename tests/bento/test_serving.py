@@ -50,6 +50,10 @@ def test_release_config_round_trips_and_rejects_typos() -> None:
         ReleaseConfig.from_mapping({"default_budget": 20, "limits": {"max_budget": 16}})
     with pytest.raises(ValueError, match="checkpoint"):  # a path in config would escape the release
         ReleaseConfig.from_mapping({"sampler_params": {"checkpoint": "/etc/passwd"}})
+    # a baseline evaluated with the question as its query is released with that query source
+    aks = ReleaseConfig.from_mapping({**release_config(), "sampler": "aks", "sampler_params": {}, "queries": "question"})
+    assert aks.to_dict()["queries"] == "question" and cfg.queries is None
+    assert ReleaseConfig.from_mapping(json.loads(json.dumps(aks.to_dict()))) == aks
 
 
 def test_limits_from_env_overrides_only_named_fields() -> None:
@@ -173,6 +177,10 @@ def test_write_release_refuses_inconsistent_samplers(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad parameters"):
         write_release(tmp_path / "c", clip_dir, mllm_dir, None,
                       ReleaseConfig(sampler="bolt", sampler_params={"alhpa": 3}))
+    with pytest.raises(ValueError, match="uniform ignores similarity"):
+        write_release(tmp_path / "d", clip_dir, mllm_dir, None, ReleaseConfig(sampler="uniform", queries="question"))
+    with pytest.raises(ValueError, match="queries must be one of"):
+        write_release(tmp_path / "e", clip_dir, mllm_dir, None, ReleaseConfig(sampler="aks", queries="captions"))
 
 
 # ------------------------------------------------------------------ cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_package_imports_the_winner_once_and_records_the_release(private_store: 
     other = package_release({"accuracy": {"uniform": {"4": 0.9}, "msjoe": {"4": 0.5}}}, candidates, clip_dir,
                             **kwargs)
     assert other["winner"] == "uniform" and other["model_tag"] != first["model_tag"]
+
+    # a baseline that won with the question as its query is released with it, and the query
+    # source is part of what the release is
+    def released_queries(result: dict) -> object:
+        return json.loads((Path(bentoml.models.get(result["model_tag"]).path) / "pipeline.json").read_text())["queries"]
+
+    asked = [Candidate("aks", "aks", mllm_dir, queries="question"), Candidate("aks_gen", "aks", mllm_dir)]
+    question = package_release({"accuracy": {"aks": {"4": 0.9}, "aks_gen": {"4": 0.5}}}, asked, clip_dir, **kwargs)
+    generated = package_release({"accuracy": {"aks": {"4": 0.5}, "aks_gen": {"4": 0.9}}}, asked, clip_dir, **kwargs)
+    assert released_queries(question) == "question" and released_queries(generated) is None
+    assert question["model_tag"] != generated["model_tag"]
 
 
 def test_bento_version_follows_what_the_bentofile_packs(tmp_path: Path) -> None:

@@ -141,6 +141,11 @@ def test_query_source_per_sampler_and_budget_larger_than_video(
 ) -> None:
     assert [query_source(build_sampler(n)) for n in ("uniform", "clip_topk", "bolt")] == [
         "none", "question", "generated"]
+    assert query_source(build_sampler("bolt"), "question") == "question"
+    with pytest.raises(ValueError, match="uniform ignores similarity"):
+        query_source(build_sampler("uniform"), "generated")
+    with pytest.raises(ValueError, match="bolt needs similarity"):
+        Pipeline(clip, mllm, build_sampler("bolt"), None, CFG, queries="none")
     row = questions.iloc[2]
     path = world / row.video
     uniform = Pipeline(clip, mllm, build_sampler("uniform"), None, CFG).answer(path, row.question, list(row.options), 99)
@@ -153,6 +158,10 @@ def test_query_source_per_sampler_and_budget_larger_than_video(
     features, _ = pipeline.video_features(path)
     profile = pipeline.similarity([row.question], features.features)[0]
     np.testing.assert_allclose(sorted(f.weight for f in topk.frames), np.sort(profile)[-5:], atol=1e-5)
+    # told so, a sampler that defaults to generated queries takes the question as its only query
+    bolt = Pipeline(clip, mllm, build_sampler("bolt"), None, CFG, queries="question")
+    asked = bolt.answer(path, row.question, list(row.options), 5)
+    assert asked.queries == [row.question] and asked.timings["query"] == 0.0 and asked.query_text == ""
     with pytest.raises(ValueError, match="budget"):
         Pipeline(clip, mllm, build_sampler("uniform"), None, CFG).answer(path, row.question, list(row.options), 0)
 

@@ -46,13 +46,16 @@ class ReleaseConfig:
     """``pipeline.json``: how the service runs the released models.
 
     ``sampler`` is a registry name; ``sampler_params`` its parameters (for ``msjoe`` the
-    checkpoint is ``sampler.pt`` in the release, never a path from here); ``default_budget``
-    is K when a request names none.
+    checkpoint is ``sampler.pt`` in the release, never a path from here); ``queries`` where its
+    similarity rows come from (:data:`msjoe.pipeline.QUERY_MODES`; None: the sampler's default,
+    :func:`msjoe.pipeline.query_source`), so a baseline evaluated with the question is served
+    with the question; ``default_budget`` is K when a request names none.
     """
 
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sampler: str = "msjoe"
     sampler_params: dict[str, Any] = field(default_factory=dict)
+    queries: str | None = None
     default_budget: int = 8
     limits: ServingLimits = field(default_factory=ServingLimits)
 
@@ -69,13 +72,14 @@ class ReleaseConfig:
             "pipeline": asdict(self.pipeline),
             "sampler": self.sampler,
             "sampler_params": dict(self.sampler_params),
+            "queries": self.queries,
             "default_budget": int(self.default_budget),
             "limits": asdict(self.limits),
         }
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ReleaseConfig:
-        """From ``{"pipeline": {...}, "sampler": ..., "sampler_params": {...},
+        """From ``{"pipeline": {...}, "sampler": ..., "sampler_params": {...}, "queries": ...,
         "default_budget": K, "limits": {...}}``; every key optional, unknown keys fail."""
         def nested(kind: Any) -> Any:
             return lambda value: value if isinstance(value, kind) else kind.from_mapping(dict(value or {}))
@@ -153,15 +157,14 @@ def write_release(
 
 
 def _check_sampler(cfg: ReleaseConfig) -> None:
-    """Fail at packaging time, not at serving time, on an unknown sampler or bad parameters."""
+    """Fail at packaging time, not at serving time, on an unknown sampler, bad parameters or a
+    query source the sampler cannot take."""
+    from msjoe.pipeline import load_sampler, query_source
     from msjoe.sampling.registry import SAMPLERS
 
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {cfg.sampler!r}; allowed: {', '.join(sorted(SAMPLERS))}")
-    if cfg.sampler != "msjoe":
-        from msjoe.sampling.registry import build_sampler
-
-        build_sampler(cfg.sampler, **cfg.sampler_params)
+    query_source(load_sampler(cfg.sampler, cfg.sampler_params), cfg.queries)
 
 
 def import_release(
@@ -226,4 +229,5 @@ def load_pipeline(directory: Path, cfg: ReleaseConfig, device: str, cache_dir: P
         load_sampler(cfg.sampler, params),
         FeatureStore(Path(cache_dir) / "features") if cache_dir is not None else None,
         cfg.pipeline,
+        queries=cfg.queries,
     )
