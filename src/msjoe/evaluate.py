@@ -75,6 +75,7 @@ __all__ = [
     "claims_report",
     "evaluate",
     "evidence_complete",
+    "evidence_groups",
     "evidence_hit",
     "evidence_positions",
     "oracle_selection",
@@ -200,6 +201,13 @@ def evidence_positions(timestamps: np.ndarray, evidence: Any, tolerance_s: float
     return mask
 
 
+def evidence_groups(timestamps: np.ndarray, evidence: Any, tolerance_s: float = 0.0) -> list[np.ndarray]:
+    """Per evidence span, the candidate positions inside it (:func:`evidence_positions`'s rule);
+    spans no candidate falls in are left out."""
+    groups = [np.flatnonzero(evidence_positions(timestamps, [span], tolerance_s)) for span in _spans(evidence)]
+    return [g for g in groups if len(g)]
+
+
 def evidence_hit(selected_timestamps: Sequence[float], evidence: Any, tolerance_s: float = 0.0) -> bool | None:
     """Whether any selected frame lies in an evidence span; None when there is no evidence."""
     if not _spans(evidence):
@@ -235,8 +243,7 @@ def oracle_selection(timestamps: np.ndarray, evidence: Any, budget: int) -> Sele
     n = len(t)
     k = min(int(budget), n)
     chosen: list[int] = []
-    groups = [np.flatnonzero(evidence_positions(t, [span])) for span in _spans(evidence)]
-    groups = [g for g in groups if len(g)]
+    groups = evidence_groups(t, evidence)
     middles = [int(g[len(g) // 2]) for g in groups]
     middles = list(dict.fromkeys(middles))
     if len(middles) > k:

@@ -96,13 +96,18 @@ def _inputs(root: Path) -> Path:
     return root
 
 
-def _run_chain(checkout: Path, extra_env: dict[str, str]) -> None:
+def _env(extra_env: dict[str, str]) -> dict[str, str]:
     env = without_launcher_env()
     env.update({"MSJOE_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)})
     if _has_cuda():
         env["DS_ACCELERATOR"] = "cpu"
     env.update(extra_env)
+    return env
+
+
+def _run_chain(checkout: Path, extra_env: dict[str, str]) -> None:
+    env = _env(extra_env)
     for stage, command in CHAIN.items():
         args = [sys.executable, str(ROOT / "stages" / command.split()[0]), *command.split()[1:]]
         done = subprocess.run(args, cwd=checkout, env=env, capture_output=True, text=True, timeout=300)
@@ -201,3 +206,22 @@ def test_another_thread_count_stays_within_the_documented_tolerance(source: Path
     (loss1, feat1), (loss2, feat2) = results
     np.testing.assert_allclose(loss1, loss2, rtol=0, atol=1e-5)
     np.testing.assert_allclose(feat1, feat2, rtol=0, atol=1e-5)
+
+
+def test_the_evidence_bound_tool_fits_a_sampler_from_the_stages_outputs(runs: tuple[Path, Path]) -> None:
+    """``tools/evidence_bound.py`` (README "Experiments") runs on what the chain left behind and
+    writes a sampler the evaluation can load."""
+    from msjoe.pipeline import load_sampler
+
+    a, _ = runs
+    args = [sys.executable, "-m", "tools.evidence_bound", "--questions", "data/ingest/questions.parquet",
+            "--video-root", "data/world", "--features", "data/features", "--clip", "models/clip",
+            "--mllm", "models/mllm", "--out", "evidence-fit", "--steps", "3", "--questions-per-step", "2"]
+    done = subprocess.run(args, cwd=a, env=_env({}), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    report = json.loads((a / "evidence-fit" / "report.json").read_text())
+    assert report["fitted_questions"] >= 2
+    assert report["fitted_questions"] + report["no_evidence"] == report["questions"]["kept"]
+    assert report["config"]["steps"] == 3 and report["final_loss"] > 0
+    sampler = load_sampler("msjoe", {"checkpoint": a / "evidence-fit" / "sampler.pt"})
+    assert sampler.name == "msjoe"
