@@ -12,8 +12,9 @@ DVC's status checks. Around the stages the flow
 * records the run, each stage (status, timings, dvc.lock hashes, metrics) and the evaluation in
   the metadata store (``MSJOE_DB_URL`` or ``msjoe.db`` in the workspace);
 * publishes the metrics and the sampler x budget accuracy table as Prefect artifacts;
-* runs the ``package`` stage only when the promotion gate says the new checkpoint beats the
-  current release by the margin, and records the release.
+* runs the ``package`` stage only when the promotion gate says that what it would release (the
+  best of its candidates, chosen by the stage's own rule) beats the current release by the
+  margin, and records the release.
 
 Run it locally with ``python flows/pipeline.py`` (or ``python -m flows.pipeline``) from the
 repository root; ``infra/prefect/prefect.yaml`` deploys it on a schedule.
@@ -47,7 +48,7 @@ from flows.dvc_stages import (
     run_repro,
 )
 from flows.metrics_report import grid_rows, metrics_markdown, read_json_metrics
-from flows.promotion import GateConfig, GateDecision, candidate_score, decide, gate_config
+from flows.promotion import GateConfig, GateDecision, candidate_labels, candidate_score, decide, gate_config
 from flows.store_records import (
     bento_tag_from,
     close_run,
@@ -174,18 +175,19 @@ def promotion_gate(
     root: str,
     cfg: GateConfig,
     evaluation_report: str,
+    candidates: list[str],
     candidate_sha256: str,
     force: bool = False,
 ) -> GateDecision:
-    """Compare the candidate with the current release; publish the verdict as an artifact."""
+    """Compare what the package stage would release with the current release; publish the verdict."""
     report = read_json_metrics(Path(root), [evaluation_report]).get(evaluation_report) or {}
-    candidate, budget, problem = candidate_score(report, cfg)
-    release, current = release_score(_db(root), cfg, evaluation_dataset(report), budget)
+    candidate, sampler, problem = candidate_score(report, cfg, candidates)
+    release, current, released_sampler = release_score(_db(root), cfg, evaluation_dataset(report))
     decision = decide(
-        cfg, candidate, current, budget=budget, has_release=release is not None,
+        cfg, candidate, current, sampler=sampler, has_release=release is not None,
         candidate_sha256=candidate_sha256,
         released_sha256=release["checkpoint_sha256"] if release else None,
-        problem=problem, force=force,
+        released_sampler=released_sampler, problem=problem, force=force,
     )
     create_markdown_artifact(markdown=decision.markdown(), key=GATE_ARTIFACT,
                              description="Promotion gate verdict of this run.")
@@ -248,9 +250,10 @@ def retrain(
 
     ``repo`` defaults to ``$MSJOE_ROOT`` or the working directory. Stages run in ``dvc.yaml``'s
     DAG order; ``package_stage`` and everything downstream of it run only when the gate
-    promotes. The gate's settings are params.yaml's ``package.gate`` (metric, sampler, budget,
-    margin): the flow takes operational parameters only. ``retries`` / ``retry_delay_s`` set the stage
-    retries (delay doubles each attempt); ``lock_timeout_s`` how long to wait for another run on
+    promotes: when the row the package stage would release (its best ``--candidate`` by
+    params.yaml's ``package.metric`` at ``package.budget``) beats the current release by
+    ``package.gate.margin``. The flow takes operational parameters only. ``retries`` /
+    ``retry_delay_s`` set the stage retries (delay doubles each attempt); ``lock_timeout_s`` how long to wait for another run on
     the same workspace. Returns a summary (stages, gate verdict, release tag).
     """
     logger = get_run_logger()
@@ -322,7 +325,9 @@ def _evaluate_and_gate(
     if package_stage not in names:
         logger.info("no %s stage in dvc.yaml yet: promotion gate skipped", package_stage)
         return out
-    decision = promotion_gate(str(root), cfg, evaluation_report, evaluation["sha256"], force_promote)
+    package = next(s for s in stages if s.name == package_stage)
+    decision = promotion_gate(str(root), cfg, evaluation_report, candidate_labels(package.cmd),
+                              evaluation["sha256"], force_promote)
     out["gate"] = decision.as_dict()
     if not decision.promote:
         return out

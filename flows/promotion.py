@@ -1,15 +1,19 @@
-"""The promotion gate: package a new checkpoint only when it beats the current release.
+"""The promotion gate: package a new release only when it beats the current one.
 
 Retraining on a schedule produces a new candidate every time, but serving should change only
-for a real improvement: a candidate is promoted when its score on the gate metric is strictly
-higher than the released checkpoint's and by at least ``margin``. The decision is a pure
-function of numbers so it can be read, tested and audited apart from Prefect and the store.
+for a real improvement: a candidate is promoted when its score on the gate metric beats the
+current release's by at least ``margin``. The candidate is what the package stage would release
+(the best of its ``--candidate`` rows by ``package.metric`` at ``package.budget``, chosen by the
+stage's own rule), so the gate never judges one row while the service runs another. The
+decision is a pure function of numbers so it can be read, tested and audited apart from Prefect
+and the store.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,11 +21,12 @@ from typing import Any
 _EPS = 1e-9
 
 
-def should_promote(candidate: float, current: float | None, margin: float) -> bool:
+def should_promote(candidate: float, current: float | None, margin: float, direction: str = "max") -> bool:
     """True when ``candidate`` strictly beats ``current`` by at least ``margin``.
 
-    With nothing released yet (``current`` None) any real score is promoted. A NaN candidate
-    (a broken evaluation) is never promoted.
+    ``direction`` says which way is better (``max``: higher, ``min``: lower). With nothing
+    released yet (``current`` None) any real score is promoted. A NaN candidate (a broken
+    evaluation) is never promoted.
 
     >>> should_promote(0.62, None, 0.01)
     True
@@ -31,29 +36,35 @@ def should_promote(candidate: float, current: float | None, margin: float) -> bo
     False
     >>> should_promote(0.65, 0.65, 0.0)
     False
+    >>> should_promote(0.30, 0.35, 0.01, direction="min")
+    True
     """
     if math.isnan(margin) or margin < 0:
         raise ValueError(f"margin must be a non-negative number, got {margin!r}")
+    if direction not in ("max", "min"):
+        raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
     if math.isnan(candidate):
         return False
     if current is None:
         return True
     if math.isnan(current):
         raise ValueError("the current release's score is NaN: fix the stored evaluation first")
-    gain = candidate - current
+    gain = (candidate - current) if direction == "max" else (current - candidate)
     return gain > _EPS and gain >= margin - _EPS
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Which score the gate compares: ``report[metric][sampler][budget]`` of the evaluation.
+    """What the gate compares: ``metric`` at ``budget`` of the row the package stage would release
+    (its best candidate by ``direction``), which must beat the current release by ``margin``.
 
-    ``budget`` None means the largest budget the report has.
+    ``metric``, ``budget`` and ``direction`` are the package stage's own (params.yaml
+    ``package``), so the gate can never judge one row while the stage serves another.
     """
 
     metric: str = "accuracy"
-    sampler: str = "msjoe"
-    budget: int | None = None
+    budget: int = 8
+    direction: str = "max"
     margin: float = 0.01
 
     def as_dict(self) -> dict[str, Any]:
@@ -62,55 +73,78 @@ class GateConfig:
 
 
 def gate_config(params: Mapping[str, Any] | None) -> GateConfig:
-    """The gate settings: params.yaml's ``package.gate`` (metric, sampler, budget, margin), with
-    :class:`GateConfig`'s defaults for what it leaves out.
+    """The gate settings: params.yaml's ``package`` metric, budget and direction (how the stage
+    picks its winner) and ``package.gate.margin``.
 
     Hyperparameters live in params.yaml, not in the flow's parameters, so a run's gate is
     versioned with the commit; a misspelt key is an error, not a silent default.
     """
-    from msjoe.config import from_mapping
+    from msjoe.package import PackageConfig
 
-    gate = ((params or {}).get("package") or {}).get("gate") or {}
-    return from_mapping(GateConfig, gate, "package.gate")
+    package = PackageConfig.from_mapping(((params or {}).get("package")) or {})
+    unknown = sorted(set(package.gate) - {"margin"})
+    if unknown:
+        raise ValueError(
+            f"unknown package.gate parameters: {unknown} (the gate scores what the package stage "
+            "releases, by package.metric at package.budget; it takes only a margin)"
+        )
+    return GateConfig(package.metric, package.budget, package.direction, float(package.gate.get("margin", 0.01)))
 
 
-def candidate_score(report: Mapping[str, Any], cfg: GateConfig) -> tuple[float | None, int | None, str]:
-    """``(score, budget, problem)`` of the gate's cell in an evaluation report.
+def candidate_labels(cmd: str | None) -> list[str]:
+    """The labels of the package stage's ``--candidate LABEL=...`` options: the rows it may release.
 
+    >>> candidate_labels("python stages/package.py --candidate aks=models/mllm --candidate=joint=models/j,s.pt")
+    ['aks', 'joint']
+    """
+    words = shlex.split(cmd or "")
+    values = []
+    for i, word in enumerate(words):
+        if word == "--candidate" and i + 1 < len(words):
+            values.append(words[i + 1])
+        elif word.startswith("--candidate="):
+            values.append(word.removeprefix("--candidate="))
+    return [value.partition("=")[0] for value in values]
+
+
+def candidate_score(
+    report: Mapping[str, Any], cfg: GateConfig, labels: Sequence[str]
+) -> tuple[float | None, str | None, str]:
+    """``(score, sampler, problem)``: the row among ``labels`` the package stage would release.
+
+    The winner is chosen exactly as the stage chooses it (:func:`msjoe.package.select_winner`).
     ``problem`` is empty when a score was found, else says what is missing (so the gate can
     explain why it did not promote).
     """
-    table = report.get(cfg.metric)
-    if not isinstance(table, Mapping):
-        return None, cfg.budget, f"evaluation report has no {cfg.metric!r} table"
-    per_budget = table.get(cfg.sampler)
-    if not isinstance(per_budget, Mapping) or not per_budget:
-        return None, cfg.budget, (
-            f"evaluation report has no sampler {cfg.sampler!r} under {cfg.metric!r} "
-            f"(samplers: {sorted(map(str, table))})"
-        )
-    budgets = sorted(int(b) for b in per_budget)
-    budget = cfg.budget if cfg.budget is not None else budgets[-1]
-    value = per_budget.get(str(budget), per_budget.get(budget))  # type: ignore[call-overload]
-    if value is None:
-        return None, budget, f"no {cfg.metric} for {cfg.sampler!r} at budget {budget} (budgets: {budgets})"
-    return float(value), budget, ""
+    from msjoe.package import select_winner
+
+    if not labels:
+        return None, None, "the package stage names no --candidate, so there is nothing to release"
+    try:
+        sampler, score = select_winner(report, list(labels), cfg.metric, cfg.budget, cfg.direction)
+    except (KeyError, ValueError) as err:
+        return None, None, str(err.args[0])
+    return score, sampler, ""
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """The gate's verdict with everything needed to explain it in the UI and the store."""
+    """The gate's verdict with everything needed to explain it in the UI and the store.
+
+    ``sampler``: the row the package stage would release (None when no candidate has a score).
+    """
 
     promote: bool
     reason: str
     metric: str
-    sampler: str
-    budget: int | None
+    sampler: str | None
+    budget: int
     margin: float
     candidate: float | None
     current: float | None
     candidate_sha256: str | None = None
     released_sha256: str | None = None
+    released_sampler: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for artifacts, logs and the flow's return value."""
@@ -123,7 +157,6 @@ class GateDecision:
             return "n/a" if value is None else f"{value:.4f}"
 
         verdict = "PROMOTE" if self.promote else "keep current release"
-        budget = "largest" if self.budget is None else str(self.budget)
         return "\n".join(
             [
                 f"## Promotion gate: {verdict}",
@@ -132,9 +165,9 @@ class GateDecision:
                 "",
                 "| | value |",
                 "|---|---|",
-                f"| metric | {self.metric} @ {self.sampler}, budget {budget} |",
-                f"| candidate | {fmt(self.candidate)} |",
-                f"| current release | {fmt(self.current)} |",
+                f"| metric | {self.metric} at budget {self.budget} |",
+                f"| candidate (what the package stage would release) | {fmt(self.candidate)} ({self.sampler or 'n/a'}) |",
+                f"| current release | {fmt(self.current)} ({self.released_sampler or 'n/a'}) |",
                 f"| required margin | {self.margin:g} |",
                 f"| candidate checkpoint | {(self.candidate_sha256 or 'n/a')[:16]} |",
                 f"| released checkpoint | {(self.released_sha256 or 'n/a')[:16]} |",
@@ -147,23 +180,26 @@ def decide(
     candidate: float | None,
     current: float | None,
     *,
-    budget: int | None,
+    sampler: str | None,
     has_release: bool,
     candidate_sha256: str | None = None,
     released_sha256: str | None = None,
+    released_sampler: str | None = None,
     problem: str = "",
     force: bool = False,
 ) -> GateDecision:
     """Apply the gate: explain the verdict whichever way it goes.
 
-    Not promoted: no candidate score, the candidate *is* the released checkpoint, a release
+    ``sampler`` is the row the package stage would release (``candidate`` its score);
+    ``released_sampler`` the row the current release serves (``current`` its score). Not
+    promoted: no candidate score, the evaluated checkpoint *is* the released one, a release
     exists but has no comparable score (unless ``force``), or the gain is below the margin.
     """
 
     def verdict(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
-            promote, reason, cfg.metric, cfg.sampler, budget, cfg.margin, candidate, current,
-            candidate_sha256, released_sha256,
+            promote, reason, cfg.metric, sampler, cfg.budget, cfg.margin, candidate, current,
+            candidate_sha256, released_sha256, released_sampler,
         )
 
     if candidate is None:
@@ -173,14 +209,15 @@ def decide(
     if force:
         return verdict(True, "promotion forced by the flow parameter force_promote")
     if not has_release:
-        promote = should_promote(candidate, None, cfg.margin)
+        promote = should_promote(candidate, None, cfg.margin, cfg.direction)
         return verdict(promote, "nothing released yet" if promote else "candidate score is NaN")
     if current is None:
         return verdict(
             False,
-            "the current release has no comparable score (same metric, sampler, budget); "
+            "the current release has no comparable score (same metric, budget and evaluation data); "
             "re-run with force_promote=true to replace it",
         )
-    if should_promote(candidate, current, cfg.margin):
-        return verdict(True, f"candidate beats the release by {candidate - current:+.4f} (>= {cfg.margin:g})")
-    return verdict(False, f"gain {candidate - current:+.4f} is below the margin {cfg.margin:g}")
+    gain = (candidate - current) if cfg.direction == "max" else (current - candidate)
+    if should_promote(candidate, current, cfg.margin, cfg.direction):
+        return verdict(True, f"candidate beats the release by {gain:+.4f} (>= {cfg.margin:g})")
+    return verdict(False, f"gain {gain:+.4f} is below the margin {cfg.margin:g}")

@@ -159,33 +159,35 @@ def record_report(
 
 
 def release_score(
-    url: str, cfg: GateConfig, dataset: str, budget: int | None
-) -> tuple[dict[str, Any] | None, float | None]:
-    """``(latest release or None, its score comparable with the candidate or None)``.
+    url: str, cfg: GateConfig, dataset: str
+) -> tuple[dict[str, Any] | None, float | None, str | None]:
+    """``(latest release or None, its score comparable with the candidate or None, its sampler)``.
 
-    The score comes from the evaluations stored for the released checkpoint (same dataset,
-    sampler, budget and metric); a release recorded by this flow also carries its gate score,
-    used when those rows are gone.
+    Comparable means the same metric, budget and evaluation data as the gate's. The release's
+    gate record (written by this flow) says which row it serves; its score comes from the
+    evaluations stored for the released checkpoint, else from the score recorded at release
+    when those rows are gone. A release the flow did not record (the package stage run by hand)
+    has no comparable score.
     """
     from msjoe.store import latest_release, list_evaluations
 
     release = latest_release(url)
     if release is None:
-        return None, None
+        return None, None, None
+    gate = (release.get("metrics") or {}).get("gate") or {}
+    sampler = gate.get("sampler")
+    if not sampler or (gate.get("metric"), gate.get("budget"), gate.get("dataset")) != (cfg.metric, cfg.budget, dataset):
+        return release, None, sampler
     for row in list_evaluations(url, dataset=dataset, metric=cfg.metric):
         if (
             row["checkpoint_sha256"] == release["checkpoint_sha256"]
-            and row["sampler"] == cfg.sampler
-            and row["budget"] == budget
+            and row["sampler"] == sampler
+            and row["budget"] == cfg.budget
         ):
-            return release, float(row["value"])
-    gate = (release.get("metrics") or {}).get("gate") or {}
-    same = (gate.get("metric"), gate.get("sampler"), gate.get("budget"), gate.get("dataset")) == (
-        cfg.metric, cfg.sampler, budget, dataset,
-    )
-    if same and isinstance(gate.get("candidate"), (int, float)):
-        return release, float(gate["candidate"])
-    return release, None
+            return release, float(row["value"]), sampler
+    if isinstance(gate.get("candidate"), (int, float)):
+        return release, float(gate["candidate"]), sampler
+    return release, None, sampler
 
 
 def bento_tag_from(metrics: Mapping[str, Any], checkpoint_sha256: str) -> tuple[str, bool]:

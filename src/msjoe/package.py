@@ -35,7 +35,8 @@ class PackageConfig:
     also build the bento (else only import the model); ``release``: the served configuration
     (:class:`~msjoe.serving.release.ReleaseConfig` fields but ``pipeline``, which the stage fills
     from the shared ``inference`` section and ``embed``'s fps and cap); ``gate``: the retraining
-    flow's promotion gate, read by the flow (``flows/promotion.py``), not by this stage.
+    flow's promotion ``margin``, read by the flow (``flows/promotion.py``), not by this stage;
+    the flow's gate scores the winner this stage would pick, by the same metric and budget.
     """
 
     metric: str = "accuracy"

@@ -43,6 +43,7 @@ def test_gate_packages_only_real_improvements(tmp_path: Path, store_url: str) ->
     release = latest_release(store_url)
     assert release is not None and release["bento_tag"] == tag
     assert release["metrics"]["gate"]["candidate"] == pytest.approx(0.60)
+    assert release["metrics"]["gate"]["sampler"] == "msjoe"  # the better of the package stage's two rows
     accuracy = {(r["sampler"], r["budget"]): r["value"] for r in list_evaluations(store_url, metric="accuracy")}
     assert accuracy[("msjoe", 8)] == pytest.approx(0.60) and accuracy[("uniform", 4)] == pytest.approx(0.40)
 
@@ -70,7 +71,16 @@ def test_gate_packages_only_real_improvements(tmp_path: Path, store_url: str) ->
     assert third["gate"]["promote"] and third["release"] != tag
     assert latest_release(store_url)["bento_tag"] == third["release"]
     assert _statuses(store_url, third["run_key"])["package"] == "completed"
-    assert len(list_pipeline_runs(store_url)) == 3
+
+    # the model gets worse than the uniform row: the package stage would now release `uniform`
+    # (0.45), which the gate compares with the released `msjoe` row (0.70), so nothing changes
+    set_params(repo, score=0.30)
+    fourth = retrain(repo=str(repo), retries=0)
+    assert not fourth["gate"]["promote"] and "-0.2500 is below the margin" in fourth["gate"]["reason"]
+    assert fourth["gate"]["sampler"] == "uniform" and fourth["gate"]["candidate"] == pytest.approx(0.45)
+    assert fourth["gate"]["released_sampler"] == "msjoe" and fourth["gate"]["current"] == pytest.approx(0.70)
+    assert latest_release(store_url)["bento_tag"] == third["release"]
+    assert len(list_pipeline_runs(store_url)) == 4
 
 
 def test_failing_stage_is_retried_then_fails_the_run(tmp_path: Path, store_url: str) -> None:

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from flows.metrics_report import evaluation_cells, flatten, grid_metrics, grid_rows, metrics_markdown
-from flows.promotion import GateConfig, candidate_score, decide, gate_config, should_promote
+from flows.promotion import GateConfig, candidate_labels, candidate_score, decide, gate_config, should_promote
+from msjoe.package import select_winner
 
 REPORT = {
     "accuracy": {"uniform": {"4": 0.40, "8": 0.45}, "msjoe": {"4": 0.55, "16": 0.70, "8": 0.62}},
@@ -45,39 +46,64 @@ def test_nan_and_bad_margins() -> None:
         should_promote(0.9, 0.5, -0.1)
     with pytest.raises(ValueError, match="NaN"):
         should_promote(0.9, math.nan, 0.0)
+    with pytest.raises(ValueError, match="direction"):
+        should_promote(0.9, 0.5, 0.0, direction="up")
 
 
 def test_the_gate_settings_come_from_params_yaml() -> None:
-    assert gate_config({}) == GateConfig() == gate_config({"package": {"metric": "official"}})  # not package's own keys
-    assert gate_config({"package": {"gate": {"budget": 8, "margin": 0.05}}}) == GateConfig("accuracy", "msjoe", 8, 0.05)
-    with pytest.raises(ValueError, match=r"unknown package.gate parameters: \['sampler_name'\]"):
-        gate_config({"package": {"gate": {"sampler_name": "msjoe_joint"}}})
+    assert gate_config({}) == GateConfig()
+    # metric, budget and direction are the package stage's own: the gate cannot judge another row
+    assert gate_config({"package": {"metric": "evidence_hit_rate", "budget": 4, "gate": {"margin": 0.05}}}) == (
+        GateConfig("evidence_hit_rate", 4, "max", 0.05)
+    )
+    with pytest.raises(ValueError, match=r"unknown package.gate parameters: \['sampler'\]"):
+        gate_config({"package": {"gate": {"sampler": "msjoe_joint", "margin": 0.01}}})
+    with pytest.raises(ValueError, match="unknown package parameters"):
+        gate_config({"package": {"metrics": "accuracy"}})
 
 
-def test_candidate_score_uses_the_largest_budget_unless_told() -> None:
-    assert candidate_score(REPORT, GateConfig()) == (0.70, 16, "")
-    assert candidate_score(REPORT, GateConfig(budget=8)) == (0.62, 8, "")
-    score, _, problem = candidate_score(REPORT, GateConfig(sampler="msjoe_joint"))
-    assert score is None and "msjoe_joint" in problem and "uniform" in problem
-    score, _, problem = candidate_score(REPORT, GateConfig(budget=32))
-    assert score is None and "budget 32" in problem
-    assert candidate_score({}, GateConfig())[0] is None
+def test_the_candidates_are_the_package_stages_rows() -> None:
+    cmd = (
+        "python stages/package.py --evaluation reports/evaluate.json\n"
+        "  --candidate msjoe_joint=models/joint,models/joint/sampler.pt --candidate=aks=models/mllm\n"
+        "  --candidate 'uniform=models/mllm' --bentofile bento/bentofile.yaml"
+    )
+    assert candidate_labels(cmd) == ["msjoe_joint", "aks", "uniform"]
+    assert candidate_labels("python toy.py package") == [] == candidate_labels(None)
+
+
+def test_candidate_score_is_the_row_the_package_stage_would_release() -> None:
+    assert candidate_score(REPORT, GateConfig(budget=8), ["uniform", "msjoe"]) == (0.62, "msjoe", "")
+    assert candidate_score(REPORT, GateConfig(budget=8), ["uniform"]) == (0.45, "uniform", "")
+    # the same winner the package stage picks, with the same rule (also for "lower is better")
+    assert select_winner(REPORT, ["uniform", "msjoe"], "accuracy", 4, "min") == ("uniform", 0.40)
+    assert candidate_score(REPORT, GateConfig(budget=4, direction="min"), ["uniform", "msjoe"]) == (0.40, "uniform", "")
+    score, sampler, problem = candidate_score(REPORT, GateConfig(budget=16), ["uniform"])
+    assert score is None and sampler is None and "budget 16" in problem
+    score, _, problem = candidate_score(REPORT, GateConfig(metric="f1"), ["msjoe"])
+    assert score is None and "f1" in problem
+    score, _, problem = candidate_score(REPORT, GateConfig(), [])
+    assert score is None and "--candidate" in problem
 
 
 def test_decision_explains_every_outcome() -> None:
     cfg = GateConfig(margin=0.05)
-    kw = {"budget": 8, "candidate_sha256": "a" * 64}
-    assert decide(cfg, 0.6, None, has_release=False, **kw).promote
+    kw = {"sampler": "aks", "candidate_sha256": "a" * 64}
+    first = decide(cfg, 0.6, None, has_release=False, **kw)
+    assert first.promote and first.sampler == "aks" and first.budget == 8
     same = decide(cfg, 0.9, 0.5, has_release=True, released_sha256="a" * 64, **kw)
     assert not same.promote and "already released" in same.reason
     incomparable = decide(cfg, 0.9, None, has_release=True, released_sha256="b" * 64, **kw)
     assert not incomparable.promote and "force_promote" in incomparable.reason
     assert decide(cfg, 0.9, None, has_release=True, released_sha256="b" * 64, force=True, **kw).promote
-    small = decide(cfg, 0.62, 0.6, has_release=True, released_sha256="b" * 64, **kw)
+    small = decide(cfg, 0.62, 0.6, has_release=True, released_sha256="b" * 64, released_sampler="msjoe_joint", **kw)
     assert not small.promote and "below the margin" in small.reason
-    assert "keep current release" in small.markdown() and "0.6200" in small.markdown()
-    missing = decide(cfg, None, 0.6, has_release=True, problem="no sampler 'x'", **kw)
+    text = small.markdown()
+    assert "keep current release" in text and "0.6200 (aks)" in text and "0.6000 (msjoe_joint)" in text
+    missing = decide(cfg, None, 0.6, has_release=True, problem="no sampler 'x'", **{**kw, "sampler": None})
     assert not missing.promote and "no sampler 'x'" in missing.reason
+    lower = decide(GateConfig(direction="min", margin=0.05), 0.30, 0.40, has_release=True, released_sha256="b" * 64, **kw)
+    assert lower.promote and "+0.1000" in lower.reason
 
 
 def test_report_tables_for_artifacts_and_the_store() -> None:
@@ -104,3 +130,20 @@ def test_docstring_examples_hold() -> None:
     for module in (flows.promotion, flows.metrics_report):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_projects_gate_judges_every_row_the_package_stage_may_release() -> None:
+    """The real dvc.yaml and params.yaml: the gate's candidates are the package stage's rows
+    (every evaluated sampler; the oracle is a separate row that needs the answer's evidence)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    labels = candidate_labels(stages["package"]["cmd"])
+    assert sorted(labels) == sorted(params["evaluate"]["samplers"]) and len(set(labels)) == len(labels)
+    cfg = gate_config(params)
+    assert (cfg.metric, cfg.budget, cfg.direction) == (
+        params["package"]["metric"], params["package"]["budget"], params["package"]["direction"])

@@ -2,7 +2,8 @@
 
 ``train`` writes a "checkpoint" whose quality is ``params.yaml: train.score``, ``evaluate``
 writes a report shaped like the real evaluate stage's (``accuracy[sampler][budget]``) and
-``package`` writes a Bento-like folder and a ``bento_tag``. Each stage takes a second of DVC
+``package`` (candidates ``uniform`` and ``msjoe``, like the real stage's ``--candidate`` rows)
+writes a Bento-like folder and a ``bento_tag``. Each stage takes a second of DVC
 overhead, so the gate and retry paths run end to end with real ``dvc repro`` in a few seconds.
 ``train.fail`` makes the train stage fail ``always`` or ``once`` (then succeed), or ``sleep``
 for ``train.sleep_s`` seconds first; every attempt is appended to ``attempts.log`` so tests can
@@ -79,7 +80,7 @@ DVC_YAML: dict[str, Any] = {
             "metrics": [{"reports/evaluate.json": {"cache": False}}],
         },
         "package": {
-            "cmd": "python toy.py package",
+            "cmd": "python toy.py package --candidate uniform=models/cand --candidate msjoe=models/cand",
             "deps": ["toy.py", "models/cand", "reports/evaluate.json"],
             "outs": ["build/bento"],
             "metrics": [{"reports/package.json": {"cache": False}}],
@@ -103,7 +104,7 @@ def set_params(
     """Write the toy params: the model's quality, how train fails, the gate settings."""
     params = {
         "train": {"score": score, "fail": fail, "sleep_s": sleep_s},
-        "package": {"gate": {"metric": "accuracy", "sampler": "msjoe", "budget": 8, "margin": margin}},
+        "package": {"metric": "accuracy", "budget": 8, "gate": {"margin": margin}},
     }
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
