@@ -17,6 +17,11 @@ from typing import Any
 
 import yaml
 
+from msjoe.cpu_kernels import pin_cpu_kernels
+
+# The same numbers on any x86-64 CPU: numpy and torch run their AVX2 kernels even where AVX-512
+# exists (README "Reproducibility"). Before any stage imports numpy or torch.
+pin_cpu_kernels()
 # Stages share two cores with a decode worker or another job: busy-waiting OpenMP threads starve
 # them (benchmarks/README.md). Set before any stage imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
 from _common import add_params_argument, deterministic, params, setup, write_report, write_timings
+import pandas as pd  # after _common, which pins numpy's kernels before numpy loads
 
 from msjoe.clip.model import load_clip
 from msjoe.embed import EmbedConfig, embed_videos

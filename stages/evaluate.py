@@ -21,8 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
-import pandas as pd
 from _common import add_params_argument, deterministic, params, pipeline_settings, setup, write_report, write_timings
+import pandas as pd  # after _common, which pins numpy's kernels before numpy loads
 
 
 def main() -> None:

@@ -7,6 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from msjoe.cpu_kernels import pin_cpu_kernels
+
+# the stages pin numpy's and torch's CPU kernels to AVX2; tests that compare their outputs with
+# computations in this process need the same kernels
+pin_cpu_kernels()
+
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -105,6 +105,9 @@ def pretrain_demo_base(
 ) -> None:
     """Make the demo's base MLLM (the stand-in for downloading Qwen2.5-VL): a tiny Qwen2.5-VL
     taught to see and to talk on a pre-training world of its own; deterministic on the CPU."""
+    from msjoe.cpu_kernels import pin_cpu_kernels
+
+    pin_cpu_kernels()  # before torch loads: the same weights on any x86-64 CPU
     from msjoe.mllm.demo_base import DemoBaseConfig
     from msjoe.mllm.demo_base import pretrain_demo_base as run
 

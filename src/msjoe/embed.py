@@ -51,6 +51,7 @@ class EmbedReport:
     cached: int = 0
     failed: int = 0
     frames_embedded: int = 0
+    pruned: int = 0
     seconds: float = 0.0
     frames_per_s: float = 0.0
     decode_seconds: float = 0.0
@@ -62,7 +63,7 @@ class EmbedReport:
     #: What this run embedded and what it found in the cache depend on what earlier runs left
     #: there, not on the inputs: a rerun after a fresh clone and one on a warm cache must
     #: write the same metrics.
-    TIMINGS = ("embedded", "cached", "frames_embedded", "seconds", "frames_per_s", "decode_seconds", "encode_seconds")
+    TIMINGS = ("embedded", "cached", "frames_embedded", "pruned", "seconds", "frames_per_s", "decode_seconds", "encode_seconds")
 
     def to_dict(self) -> dict[str, Any]:
         """The deterministic counts (DVC metrics of the stage): videos, failures, CLIP identity."""
@@ -195,6 +196,10 @@ def embed_videos(
     report.frames_per_s = report.frames_embedded / report.seconds if report.seconds > 0 else 0.0
     if rank == 0:
         _write_index(videos, keys, store, cache_dir, report)
+        # only this input set's entries: the directory's hash must not depend on earlier runs
+        report.pruned = store.prune(set(keys.values()))
+        if report.pruned:
+            log.info("removed %d feature files of other inputs (another CLIP, fps or cap)", report.pruned)
     barrier()  # no rank returns before the index exists
     report.failed = len(report.failures)
     return report

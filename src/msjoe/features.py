@@ -66,6 +66,22 @@ class FeatureStore:
     def remove(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
+    def keys(self) -> list[str]:
+        """The keys of every stored entry (sorted)."""
+        return sorted(path.stem for path in self.root.glob("*/*.npz") if not path.name.startswith("."))
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete every entry whose key is not in ``keep``; returns how many.
+
+        The embed stage's feature directory is a DVC output: entries left by another CLIP, fps or
+        frame cap would make its hash, and so ``dvc.lock``, depend on what ran there before rather
+        than on the inputs. DVC's own cache keeps the earlier outputs (``dvc checkout``).
+        """
+        stale = [key for key in self.keys() if key not in keep]
+        for key in stale:
+            self.remove(key)
+        return len(stale)
+
     def clean_partial(self) -> int:
         """Delete temporary files a killed run left behind; returns how many."""
         stale = list(self.root.glob("*/.*.tmp.npz"))

@@ -79,6 +79,13 @@ def test_embed_streams_caches_and_resumes(tmp_path: Path, clip_dir: Path) -> Non
                            progress=False)
     assert resumed.embedded == 1 and resumed.cached == 3 and not torn.exists()
 
+    # other inputs (another fps): the directory keeps only their entries, so its content (a DVC
+    # output) depends on the inputs alone, not on what ran before
+    other = embed_videos(videos, root, clip, cache, EmbedConfig(**{**cfg.__dict__, "fps": 1.0}), progress=False)
+    assert other.embedded == 3 and other.pruned == 3 and other.timings()["pruned"] == 3
+    assert store.keys() == sorted(set(load_index(cache)["key"])) and len(store.keys()) == 3
+    assert not set(store.keys()) & set(index["key"])
+
 
 def test_undecodable_video_is_recorded_and_skipped(tmp_path: Path, clip_dir: Path) -> None:
     root = tmp_path / "videos"

@@ -25,7 +25,7 @@ from msjoe.world import (
     plan_video,
     render_video,
 )
-from msjoe.world.generate import iter_specs, questions_for
+from msjoe.world.generate import iter_specs, questions_for, write_mp4
 from msjoe.world.scene import event_alpha
 from msjoe.world.vocab import COLOUR_RGB
 
@@ -360,3 +360,20 @@ def test_default_world_statistics_make_frame_selection_matter() -> None:
     assert sum(c > 1 for c in counts) > 0.3 * len(counts) and sum(c == 1 for c in counts) > 0.15 * len(counts)
     assert np.mean(fractions) < 0.05
     assert misses / total > 0.6
+
+
+def test_the_encoded_bytes_are_the_same_on_every_x86_64_cpu(tmp_path: Path) -> None:
+    """A golden hash: this video's mp4 as every x86-64 machine must write it with the pinned
+    PyAV/x264 build (requirements.lock). Without ``X264_ASM`` a CPU with AVX-512 writes other
+    bytes (x264's AVX-512 code rounds differently), which is how dvc.lock's world hash once
+    failed to reproduce. An upgraded PyAV legitimately changes the hash: update it here and
+    re-run ``dvc repro`` (the world, and every number after it, changes too)."""
+    import hashlib
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the golden hash is x86-64's (other architectures keep x264's own code choice)")
+    cfg = WorldConfig(**{**TINY, "frames": 96, "size": 64})
+    path = tmp_path / "golden.mp4"
+    write_mp4(path, render_video(plan_video(cfg, "train", 0)), cfg.fps)
+    assert hashlib.md5(path.read_bytes()).hexdigest() == "3410e8618b1091fd6d8a296089de0e9e"

@@ -1,0 +1,55 @@
+"""One instruction set for every CPU kernel, so that results do not depend on which x86-64 CPU runs.
+
+numpy, torch (its own kernels, oneDNN, MKL) and x264 pick their SIMD code at run time from the
+CPU's features, and the AVX-512 kernels round differently from the AVX2 ones (they sum in other
+orders, use other approximations of ``exp``/``log1p``). Measured on a machine with AVX-512, with
+everything else equal: numpy's ``log1p``, torch's attention and ``Linear`` gradients (ATen) and
+``Conv1d`` (oneDNN) all differ from their AVX2 results in the last bits, the demo's CLIP loss
+differs from its second training step on, and so does every number after it. Pinning the
+libraries to AVX2 (x86-64-v3, which every machine we run on has) makes a machine with AVX-512
+compute what a machine with only AVX2 computes. x264 is pinned in
+:data:`msjoe.world.generate.X264_PARAMS`.
+
+The pins are environment variables that the libraries read once, when they load, so
+:func:`pin_cpu_kernels` must run before numpy or torch are imported. The pipeline's entry points
+call it (the DVC stages, ``msjoe pretrain-demo-base``, the test suite); the service and
+``msjoe ask`` do not, as they care about speed, not about bit-equality across machines. A value
+already in the environment wins, so a user can opt out (``ATEN_CPU_CAPABILITY=avx512``, say).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+#: What each library is told, and why (read at load time; x86-64 only).
+CPU_KERNEL_PINS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels (attention, reductions, ...)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, which runs torch's convolutions on the CPU
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: AVX2 code paths, any vendor
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's AVX-512 dispatch targets
+}
+
+_LOADED_TOO_EARLY = ("numpy", "torch")
+
+
+def pin_cpu_kernels() -> dict[str, str]:
+    """Set :data:`CPU_KERNEL_PINS` in the environment (where not already set); return what is set.
+
+    Does nothing on other architectures (the pins name x86 instruction sets). Raises
+    ``RuntimeError`` when a pin is still unset but numpy or torch is already imported, since
+    that library would silently ignore it (a second call, with the pins already in the
+    environment, is harmless).
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    loaded = [name for name in _LOADED_TOO_EARLY if name in sys.modules]
+    if loaded and any(key not in os.environ for key in CPU_KERNEL_PINS):
+        raise RuntimeError(
+            f"pin_cpu_kernels() must run before {' and '.join(loaded)} is imported "
+            "(the libraries read their instruction-set settings when they load)"
+        )
+    for key, value in CPU_KERNEL_PINS.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in CPU_KERNEL_PINS}
