@@ -67,10 +67,6 @@ class GateConfig:
     direction: str = "max"
     margin: float = 0.01
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for artifacts and store rows."""
-        return asdict(self)
-
 
 def gate_config(params: Mapping[str, Any] | None) -> GateConfig:
     """The gate settings: params.yaml's ``package`` metric, budget and direction (how the stage
