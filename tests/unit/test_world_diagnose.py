@@ -16,8 +16,8 @@ from msjoe.world.events import VideoEvent, load_events
 EVENTS = {"v": [VideoEvent(10, 12, "a red star"), VideoEvent(30, 31, "a blue circle"), VideoEvent(50, 52, "a red square")]}
 QUESTIONS = pd.DataFrame([
     {"qid": "q1", "question": "What appeared right after the red star?",
-     "options": ["a red square", "a blue circle", "a blue star", "a red circle"]},
-    {"qid": "q2", "question": "How many stars appeared?", "options": ["0", "1", "2", "3"]},
+     "options": ["a red square", "a blue circle", "a blue star", "a red circle"], "category": "order"},
+    {"qid": "q2", "question": "How many stars appeared?", "options": ["0", "1", "2", "3"], "category": "count"},
 ])
 
 
@@ -48,7 +48,7 @@ def test_each_step_is_told_apart() -> None:
     predictions.loc[1, "evidence_complete"] = True
     report = diagnose(predictions, QUESTIONS, EVENTS, budget=4)
     good, bad = report["samplers"]["good"], report["samplers"]["bad"]
-    assert good == {"n": 2, "accuracy": 1.0, "evidence_complete": 1.0, "accuracy_when_complete": 1.0,
+    assert good == {"n": 2, "accuracy": 1.0, "evidence_hit": None, "evidence_complete": 1.0, "accuracy_when_complete": 1.0,
                     "oracle_accuracy_when_complete": None, "complete_n": 1, "events_shown": 1.5,
                     "list_exact": 1.0, "follows_list": 1.0, "follows_list_n": 2}
     assert bad["n"] == 3 and bad["events_shown"] == 2.0
@@ -57,6 +57,19 @@ def test_each_step_is_told_apart() -> None:
     assert bad["list_exact"] == 0.5  # one right list, one that missed the square, one reply without a list
     assert bad["follows_list"] == 0.5 and bad["follows_list_n"] == 2
     assert report["by_events_shown"]["1"]["n"] == 1 and report["by_events_shown"]["2"]["n"] == 4
+    # per family, from the questions table when the predictions carry no category
+    assert set(report["by_category"]["bad"]) == {"order", "count"}
+    assert report["by_category"]["bad"]["order"]["n"] == 1 and report["by_category"]["bad"]["count"]["n"] == 2
+    assert report["by_category"]["bad"]["order"]["accuracy_when_complete"] == 0.0
+    assert report["by_category"]["good"]["count"]["list_exact"] == 1.0
+
+    # evaluate's own category and evidence_hit columns win: the anchor found, the next event not
+    hits = predictions.assign(category=["order", "order", "count", "count", "count"],
+                              evidence_hit=[True, True, True, False, None])
+    hits.loc[1, "evidence_complete"] = False
+    by_family = diagnose(hits, QUESTIONS, EVENTS, budget=4)["by_category"]["bad"]
+    assert by_family["order"]["evidence_hit"] == 1.0 and by_family["order"]["evidence_complete"] == 0.0
+    assert by_family["count"]["evidence_hit"] == 0.0  # one False, one unknown
 
     # with an oracle row, each sampler's complete questions are scored for the oracle too
     oracle = pd.DataFrame([_row("q1", "oracle", [11, 30, 60, 80], "Seen: a red star, a blue circle. "

@@ -61,11 +61,22 @@ def _rate(values: pd.Series) -> float | None:
     return round(float(values.astype(bool).mean()), 4) if len(values) else None
 
 
+def _category(value: Any) -> str:
+    """A question family as text; "" when absent (None, NaN or empty)."""
+    return value if isinstance(value, str) else ""
+
+
 def diagnose(
     predictions: pd.DataFrame, questions: pd.DataFrame, events: Mapping[str, Sequence[VideoEvent]], budget: int
 ) -> dict[str, Any]:
-    """Per sampler at ``budget`` (and per number of events shown): accuracy, evidence
-    completeness, events shown, list exactness and how often the answer follows the list.
+    """Per sampler at ``budget`` (and per number of events shown, and per sampler and question
+    family): accuracy, evidence hits and completeness, events shown, list exactness and how
+    often the answer follows the list.
+
+    ``by_category`` separates the families, whose evidence differs in kind: a family whose
+    questions need two events (an anchor and the event after it) can show a high
+    ``evidence_hit`` and a low ``evidence_complete`` for every query-driven sampler, when the
+    queries only ever describe one of the two.
 
     ``accuracy_when_complete`` is the accuracy over the ``complete_n`` questions whose frames
     show every target event, and ``oracle_accuracy_when_complete`` the ``oracle`` row's on the
@@ -75,8 +86,8 @@ def diagnose(
     that finds more evidence gains little.
 
     ``predictions``: evaluate's per-question table (qid, video, sampler, budget, frames,
-    answer_text, correct, prediction, evidence_complete); ``questions``: ingest's table (qid,
-    question, options).
+    answer_text, correct, prediction, evidence_complete; evidence_hit and category when
+    present); ``questions``: ingest's table (qid, question, options; category when present).
     """
     rows = predictions[predictions["budget"].astype(int) == int(budget)]
     if rows.empty:
@@ -93,6 +104,8 @@ def diagnose(
         records.append({
             "sampler": row.sampler,
             "correct": bool(row.correct),
+            "category": _category(getattr(row, "category", None)) or _category(q.get("category")),
+            "hit": getattr(row, "evidence_hit", None),
             "complete": getattr(row, "evidence_complete", None),
             "oracle_correct": oracle_correct.get(row.qid),
             "events_shown": len(shown),
@@ -106,6 +119,7 @@ def diagnose(
         return {
             "n": int(len(group)),
             "accuracy": _rate(group["correct"]),
+            "evidence_hit": _rate(group["hit"]),
             "evidence_complete": _rate(group["complete"]),
             "accuracy_when_complete": _rate(group.loc[complete, "correct"]),
             "oracle_accuracy_when_complete": _rate(group.loc[complete, "oracle_correct"]),
@@ -120,4 +134,8 @@ def diagnose(
         "budget": int(budget),
         "samplers": {str(s): summary(g) for s, g in table.groupby("sampler", sort=True)},
         "by_events_shown": {str(int(k)): summary(g) for k, g in table.groupby("events_shown", sort=True)},
+        "by_category": {
+            str(s): {str(c): summary(gc) for c, gc in g.groupby("category", sort=True) if c}
+            for s, g in table.groupby("sampler", sort=True)
+        },
     }
