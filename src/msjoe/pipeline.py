@@ -121,8 +121,9 @@ class SelectedFrame:
 class Answer:
     """Everything one question produced; ``to_dict`` is the service's / CLI's JSON reply."""
 
-    option: str | None
-    option_index: int | None
+    #: always an option: a reply that names none is resolved by the MLLM's own option scores
+    option: str
+    option_index: int
     queries: list[str]
     query_parse_ok: bool
     frames: list[SelectedFrame]
@@ -486,12 +487,14 @@ class Pipeline:
 
     def finish(self, state: QuestionState, details: bool = False) -> Answer:
         """The :class:`Answer` of a state whose answer turn ran."""
+        if state.letter is None:
+            raise RuntimeError(f"question {state.question.question!r}: finish() before its answer turn")
         state.timings["total"] = time.perf_counter() - state.started
         answer_pixels = self.cfg.answer_size**2 if self.cfg.answer_size else None
         features = state.features
         return Answer(
             option=state.letter,
-            option_index=OPTION_LETTERS.index(state.letter) if state.letter is not None else None,
+            option_index=OPTION_LETTERS.index(state.letter),
             queries=state.queries,
             query_parse_ok=state.query_parse_ok,
             frames=self.selected_frames(state.selection, features),
