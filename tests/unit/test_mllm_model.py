@@ -272,8 +272,12 @@ def test_video_items_are_rejected(mllm: MLLM) -> None:
 def test_save_and_reload_round_trips(mllm: MLLM, tmp_path: Path) -> None:
     conversation = _answer_conv(1, seed=7)
     before = mllm.generate([conversation], max_new_tokens=4)
-    reloaded = load_mllm(str(mllm.save_pretrained(tmp_path / "saved")))
+    saved = mllm.save_pretrained(tmp_path / "saved")
+    reloaded = load_mllm(str(saved))
     assert reloaded.generate([conversation], max_new_tokens=4) == before
+    # how the checkpoint was loaded (HF_HUB_OFFLINE) is not saved with it
+    tokenizer_config = json.loads((saved / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in tokenizer_config and tokenizer_config["eos_token"] == "<|im_end|>"
 
 
 def test_generation_without_log_probs_gives_the_same_tokens(mllm: MLLM) -> None:

@@ -8,6 +8,7 @@ path) go through the same auto classes, the same chat template and the same batc
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["MLLM", "CompletionLogProbs", "GenerationResult", "load_mllm"]
 
 logger = logging.getLogger(__name__)
+
+LOAD_STATE_KEYS = ("local_files_only",)
+"""Keys transformers copies from the *loading call* into a saved tokenizer config:
+``local_files_only`` records whether the hub was offline (``HF_HUB_OFFLINE``) when the
+checkpoint was loaded, not anything about the weights."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class MLLM:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.processor.save_pretrained(out)
+        _drop_load_state(out / "tokenizer_config.json")
         return out
 
     def encode_completion(self, text: str, append_eos: bool = True) -> list[int]:
@@ -371,3 +378,18 @@ def load_mllm(
     model.eval()
     logger.info("loaded %s (%s) on %s", name_or_path, type(model).__name__, device)
     return MLLM(model=model, processor=processor, device=device)
+
+
+def _drop_load_state(path: Path) -> None:
+    """Remove :data:`LOAD_STATE_KEYS` from a saved tokenizer config, so the same weights save to
+    the same bytes whatever the environment of the run that loaded them (a trained checkpoint
+    is a DVC output: its hash must not depend on ``HF_HUB_OFFLINE``). Written as transformers
+    writes it (sorted keys, indent 2)."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not any(key in config for key in LOAD_STATE_KEYS):
+        return
+    for key in LOAD_STATE_KEYS:
+        config.pop(key, None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
