@@ -4,6 +4,8 @@ KL-reference code paths run, and a killed run resumes to the same result."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,8 @@ def test_one_stage2_step_changes_mllm_and_sampler(
 
     # the evaluation's loaders read the outputs
     assert read_manifest(out).name_or_path == "model"
+    # the checkpoint's bytes do not record how its base was loaded (HF_HUB_OFFLINE)
+    assert "local_files_only" not in json.loads((out / "model" / "tokenizer_config.json").read_text())
     trained = load_prepared_mllm(out)
     after = params_of(trained.model)
     assert before.keys() == after.keys()

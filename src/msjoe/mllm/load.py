@@ -21,7 +21,7 @@ from msjoe.mllm.prompts import Conversation
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MLLM", "CompletionLogProbs", "GenerationResult", "load_mllm"]
+__all__ = ["MLLM", "CompletionLogProbs", "GenerationResult", "load_mllm", "save_processor"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +117,7 @@ class MLLM:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
-        self.processor.save_pretrained(out)
-        _drop_load_state(out / "tokenizer_config.json")
+        save_processor(self.processor, out)
         return out
 
     def encode_completion(self, text: str, append_eos: bool = True) -> list[int]:
@@ -380,11 +379,13 @@ def load_mllm(
     return MLLM(model=model, processor=processor, device=device)
 
 
-def _drop_load_state(path: Path) -> None:
-    """Remove :data:`LOAD_STATE_KEYS` from a saved tokenizer config, so the same weights save to
-    the same bytes whatever the environment of the run that loaded them (a trained checkpoint
-    is a DVC output: its hash must not depend on ``HF_HUB_OFFLINE``). Written as transformers
-    writes it (sorted keys, indent 2)."""
+def save_processor(processor: Any, out_dir: str | Path) -> None:
+    """``processor.save_pretrained(out_dir)`` without :data:`LOAD_STATE_KEYS`, so the same
+    weights save to the same bytes whatever the environment of the run that loaded them (a
+    trained checkpoint is a DVC output: its hash must not depend on ``HF_HUB_OFFLINE``). The
+    tokenizer config is rewritten as transformers writes it (sorted keys, indent 2)."""
+    processor.save_pretrained(out_dir)
+    path = Path(out_dir) / "tokenizer_config.json"
     if not path.is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))

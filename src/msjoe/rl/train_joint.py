@@ -128,6 +128,7 @@ def save_mllm(out_dir: Path, engine: Any, processor: Any) -> Path:
     """
     import torch
 
+    from msjoe.mllm.load import save_processor
     from msjoe.mllm.manifest import MODEL_SUBDIR, MLLMManifest, identity_for, write_manifest
 
     module = engine.module
@@ -138,7 +139,7 @@ def save_mllm(out_dir: Path, engine: Any, processor: Any) -> Path:
         dtype = next(iter(p.dtype for p in module.parameters()))
         state = {k: v.to(dtype) if v.is_floating_point() and dtype != torch.float32 else v for k, v in state.items()}
         module.save_pretrained(model_dir, state_dict=state)
-        processor.save_pretrained(model_dir)
+        save_processor(processor, model_dir)
         write_manifest(Path(out_dir), MLLMManifest(MODEL_SUBDIR, identity_for(MODEL_SUBDIR, model_dir)))
     return model_dir
 
