@@ -5,7 +5,6 @@ KL-reference code paths run, and a killed run resumes to the same result."""
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import pytest

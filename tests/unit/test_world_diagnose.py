@@ -57,15 +57,14 @@ def test_each_step_is_told_apart() -> None:
     assert bad["list_exact"] == 0.5  # one right list, one that missed the square, one reply without a list
     assert bad["follows_list"] == 0.5 and bad["follows_list_n"] == 2
     assert report["by_events_shown"]["1"]["n"] == 1 and report["by_events_shown"]["2"]["n"] == 4
-    # per family, from the questions table when the predictions carry no category
+    # per family (ingest's category column)
     assert set(report["by_category"]["bad"]) == {"order", "count"}
     assert report["by_category"]["bad"]["order"]["n"] == 1 and report["by_category"]["bad"]["count"]["n"] == 2
     assert report["by_category"]["bad"]["order"]["accuracy_when_complete"] == 0.0
     assert report["by_category"]["good"]["count"]["list_exact"] == 1.0
 
-    # evaluate's own category and evidence_hit columns win: the anchor found, the next event not
-    hits = predictions.assign(category=["order", "order", "count", "count", "count"],
-                              evidence_hit=[True, True, True, False, None])
+    # evaluate's evidence_hit column: the anchor found, the next event not
+    hits = predictions.assign(evidence_hit=[True, True, True, False, None])
     hits.loc[1, "evidence_complete"] = False
     by_family = diagnose(hits, QUESTIONS, EVENTS, budget=4)["by_category"]["bad"]
     assert by_family["order"]["evidence_hit"] == 1.0 and by_family["order"]["evidence_complete"] == 0.0

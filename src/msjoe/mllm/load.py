@@ -389,8 +389,6 @@ def save_processor(processor: Any, out_dir: str | Path) -> None:
     if not path.is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))
-    if not any(key in config for key in LOAD_STATE_KEYS):
-        return
-    for key in LOAD_STATE_KEYS:
-        config.pop(key, None)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    if [config.pop(key) for key in LOAD_STATE_KEYS if key in config]:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                        encoding="utf-8")

@@ -86,8 +86,8 @@ def diagnose(
     that finds more evidence gains little.
 
     ``predictions``: evaluate's per-question table (qid, video, sampler, budget, frames,
-    answer_text, correct, prediction, evidence_complete; evidence_hit and category when
-    present); ``questions``: ingest's table (qid, question, options; category when present).
+    answer_text, correct, prediction, evidence_complete; evidence_hit when present);
+    ``questions``: ingest's table (qid, question, options; category, the family, when present).
     """
     rows = predictions[predictions["budget"].astype(int) == int(budget)]
     if rows.empty:
@@ -104,7 +104,7 @@ def diagnose(
         records.append({
             "sampler": row.sampler,
             "correct": bool(row.correct),
-            "category": _category(getattr(row, "category", None)) or _category(q.get("category")),
+            "category": _category(q.get("category")),
             "hit": getattr(row, "evidence_hit", None),
             "complete": getattr(row, "evidence_complete", None),
             "oracle_correct": oracle_correct.get(row.qid),
