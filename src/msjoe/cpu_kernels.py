@@ -5,10 +5,21 @@ CPU's features, and the AVX-512 kernels round differently from the AVX2 ones (th
 orders, use other approximations of ``exp``/``log1p``). Measured on a machine with AVX-512, with
 everything else equal: numpy's ``log1p``, torch's attention and ``Linear`` gradients (ATen) and
 ``Conv1d`` (oneDNN) all differ from their AVX2 results in the last bits, the demo's CLIP loss
-differs from its second training step on, and so does every number after it. Pinning the
-libraries to AVX2 (x86-64-v3, which every machine we run on has) makes a machine with AVX-512
-compute what a machine with only AVX2 computes. x264 is pinned in
+differs from its second training step on, and so does every number after it. Pinning numpy,
+ATen and oneDNN to AVX2 (x86-64-v3, which every machine we run on has) makes a machine with
+AVX-512 compute what a machine with only AVX2 computes. x264 is pinned in
 :data:`msjoe.world.generate.X264_PARAMS`.
+
+MKL (torch's ``sgemm`` behind every ``Linear`` and attention product, and its vector maths
+behind ``exp``, ``log``, ``tanh`` and ``sqrt``) also picks its code by CPU *vendor*: its
+reproducibility branches other than ``AUTO`` and ``COMPATIBLE`` exist on Intel CPUs only, and
+on any other CPU ``MKL_CBWR=AVX2`` silently falls back to ``AUTO`` (``MKL_VERBOSE`` prints
+``CNR:AUTO`` there), whose kernels round differently from Intel's AVX2 branch. Measured with
+``MKL_CBWR=AVX2``: an Intel Xeon trained another demo CLIP than the AMD EPYCs did (losses
+differ from the third step on) and reported other accuracies (up to 0.04 apart). ``COMPATIBLE``
+(SSE2 code without the ``rcpps``/``rsqrtps`` approximations, whose results differ between
+vendors) is the one branch MKL runs the same way on every x86-64 CPU, so it is the pin; it
+costs about 8 % of the demo CLIP's training time here.
 
 The pins are environment variables that the libraries read once, when they load, so
 :func:`pin_cpu_kernels` must run before numpy or torch are imported. The pipeline's entry points
@@ -27,7 +38,7 @@ import sys
 CPU_KERNEL_PINS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels (attention, reductions, ...)
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, which runs torch's convolutions on the CPU
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: AVX2 code paths, any vendor
+    "MKL_CBWR": "COMPATIBLE",  # MKL's only reproducibility branch that runs alike on Intel and AMD
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",  # numpy's AVX-512 dispatch targets
 }
 

@@ -1,4 +1,4 @@
-"""The CPU kernel pins: every stage runs numpy's and torch's AVX2 kernels, whatever the CPU offers."""
+"""The CPU kernel pins: every stage runs numpy's and torch's AVX2 kernels and MKL's vendor-neutral branch, whatever the CPU."""
 
 from __future__ import annotations
 
@@ -46,6 +46,21 @@ def test_a_stage_process_runs_the_avx2_kernels_of_numpy_and_torch() -> None:
     # numpy's AVX-512 dispatch target is switched off (False also on CPUs without it), torch's
     # kernels are the AVX2 ones even on an AVX-512 CPU
     assert (capability, numpy_avx512, onednn) == ("AVX2", "False", "AVX2")
+
+
+def test_a_stage_process_runs_mkl_in_its_vendor_neutral_branch() -> None:
+    # MKL's AVX2 branch exists on Intel CPUs only (elsewhere MKL silently runs AUTO), so the pin
+    # must be COMPATIBLE; MKL_VERBOSE shows the branch a real torch matmul ran in
+    probe = _python(
+        "import sys; sys.path.insert(0, 'stages'); import _common, torch\n"
+        "torch.ones(64, 64) @ torch.ones(64, 64)",
+        MKL_VERBOSE="1",
+    )
+    assert probe.returncode == 0, probe.stderr
+    calls = [line for line in probe.stdout.splitlines() if line.startswith("MKL_VERBOSE SGEMM")]
+    if not calls:
+        pytest.skip("this torch build does not run its matmuls through MKL")
+    assert all(" CNR:COMPATIBLE " in line for line in calls), calls
 
 
 def test_pins_set_too_late_are_an_error_and_an_explicit_setting_wins() -> None:

@@ -1,0 +1,47 @@
+"""tools.kernel_fingerprint: the same machine always prints the same fingerprints, and a changed
+kernel pin changes the operation it governs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msjoe.cpu_kernels import CPU_KERNEL_PINS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fingerprint(**env: str) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if k not in CPU_KERNEL_PINS}
+    run = subprocess.run(
+        [sys.executable, "-m", "tools.kernel_fingerprint", "--json"],
+        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_fingerprints_are_stable_across_processes_and_name_each_operation() -> None:
+    first = _fingerprint()
+    # another process with another hash seed, thread setting and allocator behaviour
+    second = _fingerprint(PYTHONHASHSEED="123", OMP_NUM_THREADS="1", MALLOC_PERTURB_="165")
+    assert first == second
+    assert {"linear", "attention", "exp", "sqrt", "conv2d", "adamw", "all"} <= set(first)
+    assert all(len(v) == 16 for v in first.values())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pins name x86 instruction sets")
+def test_mkl_s_pin_shows_in_the_operations_mkl_runs_and_nowhere_else() -> None:
+    pinned = _fingerprint()
+    auto = _fingerprint(MKL_CBWR="AUTO")  # MKL's own CPU dispatch instead of the pinned branch
+    changed = {k for k in pinned if pinned[k] != auto[k]}
+    # MKL computes the matrix products (and so attention and the optimiser's inputs)...
+    assert {"linear", "attention", "all"} <= changed
+    # ...but not torch's own kernels nor oneDNN's convolutions
+    assert not changed & {"softmax", "gelu", "rsqrt", "layer_norm", "conv2d", "conv1d"}
