@@ -10,8 +10,9 @@ prints one short hash per operation, plus one for all of them::
     python -m tools.kernel_fingerprint --json     # the same as JSON
 
 Two machines whose fingerprints differ will train other weights from the same data; the
-operation that differs names the library to look at (``Linear`` and ``exp``: MKL; ``conv``:
-oneDNN; the rest: torch's own kernels). Bit-equal fingerprints are necessary, not sufficient: the
+operation that differs names the library to look at (``linear``, ``attention``, ``exp``, ``log``,
+``tanh``, ``sqrt``: MKL; ``conv``: oneDNN; the rest: torch's own kernels; ``adamw`` is the
+trainers' optimiser, ``msjoe.optim.adamw``). Bit-equal fingerprints are necessary, not sufficient: the
 stages run other shapes too. Run it from the repository root.
 """
 
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
 import _common  # noqa: E402  (pins the kernels before torch loads, as every stage does)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from msjoe.optim import adamw  # noqa: E402
 
 
 def _digest(tensors: list[torch.Tensor]) -> str:
@@ -68,8 +71,10 @@ def fingerprints() -> dict[str, str]:
     record("attention", F.scaled_dot_product_attention, q, k, v)
     record("conv2d", lambda a, w: F.conv2d(a, w, stride=16), leaf(96, 3, 64, 64), leaf(128, 3, 16, 16, scale=0.05))
     record("conv1d", lambda a, w: F.conv1d(a, w, padding=2), leaf(8, 5, 240), leaf(16, 5, 5, scale=0.1))
+    pos = torch.arange(4096, dtype=torch.float32)[:, None] * torch.logspace(0, -4, 32)[None]
+    out["sin_cos"] = _digest([torch.sin(pos), torch.cos(pos)])  # rotary position embeddings
     params = [leaf(256, 128), leaf(128)]
-    optimiser = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    optimiser = adamw(params, lr=1e-3, weight_decay=0.1)  # the trainers' optimiser
     for _ in range(3):
         optimiser.zero_grad()
         sum((p**2).sum() for p in params).backward()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from msjoe.clip.model import FrozenClip
+from msjoe.optim import adamw
 from msjoe.world.vocab import BACKGROUNDS, COLOURS, SHAPES, describe, frame_caption, shape_query
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def train_clip(clip: FrozenClip, world_dir: Path, cfg: ClipTrainConfig, progress
     n_event = int(round(cfg.batch_size * cfg.event_fraction)) if len(event_idx) else 0
 
     model = clip.model.train().requires_grad_(True)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimiser = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
         lambda step: min(1.0, (step + 1) / cfg.warmup_steps)

@@ -43,6 +43,7 @@ import numpy as np
 from msjoe.mllm.build import TinyMLLMConfig
 from msjoe.mllm.pretrain import MLLMPretrainConfig
 from msjoe.mllm.sft import SFTConfig
+from msjoe.optim import adamw
 from msjoe.world.config import WorldConfig
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ def pretrain_vision(
     visual = mllm.model.model.visual
     heads = _Heads(int(visual.merger.mlp[-1].out_features), cfg.seed)
     params = [*visual.parameters(), *heads.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
 
     decay_from = int(0.8 * cfg.steps)

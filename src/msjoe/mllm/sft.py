@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from msjoe.mllm.load import MLLM
 from msjoe.mllm.prompts import Conversation
+from msjoe.optim import adamw
 
 __all__ = ["SFTConfig", "SFTExample", "SFTReport", "lr_at_step", "supervised_finetune"]
 
@@ -130,7 +131,7 @@ def supervised_finetune(
     vision = getattr(getattr(model, "model", None), "visual", None)
     frozen = {id(p) for p in vision.parameters()} if (cfg.freeze_vision and vision is not None) else set()
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.learning_rate, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at_step(step, total_steps, cfg) / cfg.learning_rate
     )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msjoe.evaluate import evidence_groups
+from msjoe.optim import adamw
 
 if TYPE_CHECKING:
     from msjoe.sampling.unet import UNetSampler
@@ -89,7 +90,7 @@ def fit_to_evidence(
             raise ValueError(f"target {i}: must be a distribution over the {np.asarray(sim).shape[-1]} candidate frames")
     model = new_unet(cfg.sampler, cfg.init_seed)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    optimizer = adamw(model.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     k = min(cfg.questions_per_step, len(similarities))
     losses: list[float] = []

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msjoe.config import from_mapping
+from msjoe.optim import adamw
 from msjoe import episode
 from msjoe.rl.engine import dist_info, ds_overrides
 from msjoe.rl.resources import peak_rss_mb
@@ -330,7 +331,7 @@ def train_joint(
         reference = MLLM(ref_model, mllm.processor, mllm.device)
 
     total = cfg.steps
-    m_opt = torch.optim.AdamW(mllm.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    m_opt = adamw(mllm.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     m_sched = torch.optim.lr_scheduler.LambdaLR(m_opt, lr_lambda(cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
     micro = cfg.questions_per_step * cfg.group_size
     m_engine = build_engine(
@@ -342,7 +343,7 @@ def train_joint(
 
     sampler = new_unet(cfg.sampler, cfg.init_seed, cfg.sampler_init)
     sampler.train()
-    s_opt = torch.optim.AdamW(sampler.parameters(), lr=cfg.sampler_lr, betas=cfg.betas)
+    s_opt = adamw(sampler.parameters(), lr=cfg.sampler_lr, betas=cfg.betas)
     s_sched = torch.optim.lr_scheduler.LambdaLR(s_opt, lr_lambda(cfg.warmup_steps, total, cfg.schedule, cfg.min_lr_ratio))
     s_engine = build_engine(
         sampler, s_opt, cfg.sampler_ds_config, s_sched,

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msjoe.config import from_mapping
+from msjoe.optim import adamw
 from msjoe import episode
 from msjoe.rl.engine import dist_info, ds_overrides
 from msjoe.rl.resources import peak_rss_mb
@@ -127,7 +128,7 @@ def train_sampler(
 
     model = new_unet(cfg.sampler, cfg.init_seed, cfg.init)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.schedule, cfg.min_lr_ratio)
     )

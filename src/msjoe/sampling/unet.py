@@ -260,7 +260,7 @@ class UNetSampler(nn.Module):
         count = m.sum(dim=-1, keepdim=True).clamp_min(1.0)
         mean = rows.sum(dim=-1, keepdim=True) / count
         var = (((rows - mean) * m) ** 2).sum(dim=-1, keepdim=True) / count
-        z = (rows - mean) / torch.sqrt(var + 1e-12) * (var > 1e-12)
+        z = (rows - mean) * torch.rsqrt(var + 1e-12) * (var > 1e-12)  # rsqrt: torch's own exact kernel; torch.sqrt is MKL's, CPU-vendor dependent
         qm = query_mask[:, :, None]
         z_in = torch.where(qm, z, self.missing_query[None, :, None].to(x.dtype)) * m
         prior = torch.where(qm, z, torch.full_like(z, -torch.inf)).amax(dim=1)
