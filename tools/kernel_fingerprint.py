@@ -12,7 +12,10 @@ prints one short hash per operation, plus one for all of them::
 Two machines whose fingerprints differ will train other weights from the same data; the
 operation that differs names the library to look at (``linear``, ``attention``, ``exp``, ``log``,
 ``tanh``, ``sqrt``: MKL; ``conv``: oneDNN; the rest: torch's own kernels; ``adamw`` is the
-trainers' optimiser, ``msjoe.optim.adamw``). Bit-equal fingerprints are necessary, not sufficient: the
+trainers' optimiser, ``msjoe.optim.adamw``; ``engine_step`` is steps of a DeepSpeed engine from
+``msjoe.rl.engine.build_engine`` with gradient clipping, as the RL stages train). The bare
+``sqrt`` line is expected to differ between CPU vendors (MKL's kernel; ``msjoe.optim`` says why
+nothing in the pipeline uses it). Bit-equal fingerprints are necessary, not sufficient: the
 stages run other shapes too. Run it from the repository root.
 """
 
@@ -31,6 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from msjoe.optim import adamw  # noqa: E402
+from msjoe.rl.engine import build_engine  # noqa: E402
 
 
 def _digest(tensors: list[torch.Tensor]) -> str:
@@ -80,8 +84,25 @@ def fingerprints() -> dict[str, str]:
         sum((p**2).sum() for p in params).backward()
         optimiser.step()
     out["adamw"] = _digest(params)
+    out["engine_step"] = _engine_steps(g)
     out["all"] = hashlib.sha256("".join(out.values()).encode()).hexdigest()[:16]
     return out
+
+
+def _engine_steps(g: torch.Generator) -> str:
+    """Hash of a small model after DeepSpeed ZeRO-1 steps whose gradient norm is clipped."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 64))
+    config = Path(__file__).resolve().parents[1] / "infra" / "deepspeed" / "zero1.json"
+    engine = build_engine(model, adamw(model.parameters(), lr=1e-2, weight_decay=0.0), config, overrides={
+        "train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "gradient_clipping": 1.0,
+    })
+    for _ in range(20):
+        x = torch.randn(8, 64, generator=g) * 3
+        engine.backward((engine(x) - x).pow(2).mean() * 100)  # norms of ~400: clipping acts every step
+        engine.step()
+    return _digest(list(model.parameters()))
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from msjoe.optim import adamw
 from msjoe.rl.engine import AUTO_DEFAULTS, build_engine, ensure_distributed_env, load_ds_config
 from tests.launcher import clear_launcher_env
 
@@ -183,6 +184,27 @@ def test_gradient_clipping_from_config(ds_process: None) -> None:
     assert update.norm().item() == pytest.approx(lr * clip, rel=1e-3)
 
 
+def test_clipping_norm_is_a_correctly_rounded_square_root(ds_process: None) -> None:
+    """DeepSpeed takes the global gradient norm as ``pow(1 / 2)`` of the summed squares; on the
+    CPU that is MKL's approximation-based sqrt (about 16 % of its results off by an ulp, which
+    ones depending on the CPU vendor), unless the step runs under ``ExactSqrt``."""
+    import numpy as np
+
+    model, ref = mlp(4), mlp(4)
+    engine = build_engine(model, torch.optim.SGD(model.parameters(), lr=0.0), cfg(1, gradient_clipping=1e-3))
+    checked = 0
+    for seed in range(100):  # 100 norms: an approximate sqrt would miss some (0.84**100 < 1e-7)
+        ref.zero_grad()
+        mse(ref, batch(100 + seed)).backward()
+        squares = torch.stack([torch.linalg.vector_norm(p.grad.double(), 2) for p in ref.parameters()])
+        total = squares.pow(2).sum().float()  # DeepSpeed's sum of squares (ZeRO-1/2, fp64 norms)
+        engine.backward(mse(engine, batch(100 + seed)))
+        engine.step()
+        assert engine.get_global_grad_norm() == float(np.sqrt(total.numpy())), seed
+        checked += 1
+    assert checked == 100
+
+
 def test_gradient_accumulation_boundary(ds_process: None) -> None:
     lr = 0.1
     model, ref = mlp(3), mlp(3)
@@ -232,12 +254,12 @@ def test_two_engines_in_one_process_mllm_and_sampler(ds_process: None) -> None:
         logp = torch.log_softmax(net(x, frame_mask), dim=-1)
         return reinforce_loss(logp.gather(1, picks).sum(1), adv)
 
-    policy_engine = build_engine(policy, torch.optim.AdamW(policy.parameters(), lr=0.01), cfg(2))
-    sampler_engine = build_engine(sampler, torch.optim.AdamW(sampler.parameters(), lr=0.01), cfg(1))
+    policy_engine = build_engine(policy, adamw(policy.parameters(), lr=0.01), cfg(2))
+    sampler_engine = build_engine(sampler, adamw(sampler.parameters(), lr=0.01), cfg(1))
     assert policy_engine is not sampler_engine
 
-    opt_p = torch.optim.AdamW(policy_ref.parameters(), lr=0.01)
-    opt_s = torch.optim.AdamW(sampler_ref.parameters(), lr=0.01)
+    opt_p = adamw(policy_ref.parameters(), lr=0.01)
+    opt_s = adamw(sampler_ref.parameters(), lr=0.01)
     for step in range(2):
         policy_engine.backward(mse(policy_engine, batch(30 + step)))
         policy_engine.step()

@@ -23,6 +23,12 @@ laptop and a GPU node is settled here, from the environment and the config file,
 * **0-dim parameters.** DeepSpeed's initial weight broadcast cannot send scalars (such as the
   sampler's ``prior_scale``); :func:`build_engine` presents them as 1-element views for that
   one call.
+* **Exact square roots in the step.** DeepSpeed's optimisers clip with the global gradient norm
+  taken as ``total_norm.pow(1 / 2)``; on a CPU that is MKL's square root, whose last bit depends
+  on the CPU vendor (``msjoe.optim``), and an Intel Xeon and an AMD EPYC trained other samplers
+  from the same inputs. :func:`build_engine` runs every ``engine.step()`` under
+  :class:`msjoe.optim.ExactSqrt` (correctly rounded square roots of CPU tensors; GPU tensors
+  are left to CUDA, whose ``sqrt`` is already correctly rounded).
 
 Several engines may live in one process (the MLLM and the sampler in joint RL): the process
 group is created by the first and reused by the next.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import os
@@ -338,4 +345,19 @@ def build_engine(
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=cfg
         )
+    _step_with_exact_sqrt(engine)
     return engine
+
+
+def _step_with_exact_sqrt(engine: DeepSpeedEngine) -> None:
+    """Make ``engine.step()`` run under :class:`~msjoe.optim.ExactSqrt` (module docstring)."""
+    from msjoe.optim import ExactSqrt
+
+    step = engine.step
+
+    @functools.wraps(step)
+    def exact_step(*args: Any, **kwargs: Any) -> Any:
+        with ExactSqrt():
+            return step(*args, **kwargs)
+
+    engine.step = exact_step  # type: ignore[method-assign]
