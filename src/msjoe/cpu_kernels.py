@@ -18,7 +18,9 @@ on any other CPU ``MKL_CBWR=AVX2`` silently falls back to ``AUTO`` (``MKL_VERBOS
 ``MKL_CBWR=AVX2``: an Intel Xeon trained another demo CLIP than the AMD EPYCs did (losses
 differ from the third step on) and reported other accuracies (up to 0.04 apart). ``COMPATIBLE``
 (SSE2 code without the ``rcpps``/``rsqrtps`` approximations, whose results differ between
-vendors) is the one branch MKL runs the same way on every x86-64 CPU, so it is the pin. Its
+vendors) is the one branch MKL runs the same way on every x86-64 CPU, so it is the pin. One
+kernel escapes it: MKL's vector square root (``torch.sqrt``, ``Tensor.pow(0.5)``) starts from
+``rsqrtps`` even there, so training keeps it out of its steps (:mod:`msjoe.optim`). Its
 SSE2 matrix products are slower: on that Intel Xeon the demo DAG took 13.0 min instead of 9.6
 (the MLLM's answer turns 1.7x slower), the price of one set of numbers on every machine.
 

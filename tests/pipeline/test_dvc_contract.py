@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from msjoe.code_identity import imported_names, module_file
+
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 #: The benchmark pipeline runs the same stage scripts from the repository root (wdir: ..).
@@ -37,29 +39,6 @@ def test_every_stage_runs_an_existing_script_it_depends_on() -> None:
 SRC = ROOT / "src"
 
 
-def _module_file(module: str) -> Path | None:
-    path = SRC.joinpath(*module.split("."))
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
-
-
-def _imported_names(path: Path) -> set[str]:
-    """Every module name ``path`` imports, at the top or inside functions (lazy imports run
-    too), relative imports resolved, ``from m import x`` also as ``m.x`` (x may be a module)."""
-    package = list(path.relative_to(SRC).parent.parts) if SRC in path.parents else []
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *([node.module] if node.module else [])])
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
-
-
 def _code_closure(script: str) -> set[str]:
     """Repository files a stage script runs: itself, the ``stages/`` modules it imports, and
     every ``msjoe`` module reachable through imports (each package's ``__init__`` included)."""
@@ -70,13 +49,13 @@ def _code_closure(script: str) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        for name in _imported_names(path):
+        for name in imported_names(path, SRC):
             parts = name.split(".")
             local = parts[1] if parts[0] == "stages" and len(parts) > 1 else parts[0]
             if (ROOT / "stages" / f"{local}.py").is_file():  # a stage's own helpers (_common, _rl)
                 todo.append(ROOT / "stages" / f"{local}.py")
             elif parts[0] == "msjoe":
-                todo += [f for i in range(1, len(parts) + 1) if (f := _module_file(".".join(parts[:i])))]
+                todo += [f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]), SRC))]
     return {str(p.relative_to(ROOT)) for p in seen}
 
 

@@ -89,16 +89,20 @@ class RunConfig:
             raise ValueError("lr must be positive")
 
 
-def fingerprint(cfg: RunConfig, pipeline: Pipeline, inputs: Mapping[str, Any]) -> str:
+def fingerprint(cfg: RunConfig, pipeline: Pipeline, inputs: Mapping[str, Any], trainer: str) -> str:
     """The run's identity: ``cfg``'s fields (bookkeeping apart), how the MLLM is asked
     (``pipeline.cfg``: a checkpoint trained with other frame sizes or reply lengths must not be
-    resumed), the frozen CLIP and the MLLM the run starts from, and ``inputs`` (training
-    questions, initial weights)."""
+    resumed), the frozen CLIP and the MLLM the run starts from, ``inputs`` (training
+    questions, initial weights) and the code: the ``trainer`` module and every ``msjoe`` module
+    it imports (:func:`msjoe.code_identity.code_identity`), so a checkpoint of other training
+    code is never resumed."""
+    from msjoe.code_identity import code_identity
     from msjoe.rl.checkpoint import run_fingerprint
 
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in BOOKKEEPING}
     models = {"mllm": pipeline.mllm.identity, "clip": pipeline.clip.identity}
-    return run_fingerprint({**settings, "pipeline": asdict(pipeline.cfg)}, {**models, **inputs})
+    return run_fingerprint({**settings, "pipeline": asdict(pipeline.cfg)},
+                           {**models, **inputs, "code": code_identity(trainer)})
 
 
 def file_identity(path: str | Path | None) -> str | None:

@@ -352,7 +352,7 @@ def train_joint(
     run = TrainingRun("stage 2", cfg, {"mllm": m_engine, "sampler": s_engine}, checkpoint_dir, fingerprint(cfg, pipeline, {
         "questions": [(item.qid, item.video, item.answer) for item in items],
         "sampler_init": file_identity(cfg.sampler_init),
-    }))
+    }, __name__))
     n_q = min(cfg.questions_per_step, len(items))
     logit_scale = pipeline.clip.logit_scale
     forbidden = vision_token_ids(mllm.model.config)

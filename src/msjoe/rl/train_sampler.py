@@ -137,7 +137,7 @@ def train_sampler(
     run = TrainingRun("stage 1", cfg, {"sampler": engine}, checkpoint_dir, fingerprint(cfg, pipeline, {
         "questions": [(item.qid, item.video, item.answer, float(c)) for item, c in zip(train, c_of, strict=True)],
         "init": file_identity(cfg.init),
-    }))
+    }, __name__))
     levels, max_q = model.config.levels, model.config.max_queries
     k = min(cfg.questions_per_step, len(train))
     step_seconds: list[float] = []  # this process's steps (run-dependent: not in history or checkpoints)
