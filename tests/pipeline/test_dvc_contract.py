@@ -4,13 +4,12 @@ script is wired into the DAG."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
-from msjoe.code_identity import imported_names, module_file
+from msjoe.code_identity import imported_names, module_closure, module_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -41,22 +40,25 @@ SRC = ROOT / "src"
 
 def _code_closure(script: str) -> set[str]:
     """Repository files a stage script runs: itself, the ``stages/`` modules it imports, and
-    every ``msjoe`` module reachable through imports (each package's ``__init__`` included)."""
-    seen: set[Path] = set()
+    every ``msjoe`` module reachable through imports (``msjoe.code_identity.module_closure``,
+    the walk that also names a training run's code)."""
+    stage_files: set[Path] = set()
+    modules: set[str] = set()
     todo = [ROOT / script]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in stage_files:
             continue
-        seen.add(path)
+        stage_files.add(path)
         for name in imported_names(path, SRC):
             parts = name.split(".")
             local = parts[1] if parts[0] == "stages" and len(parts) > 1 else parts[0]
             if (ROOT / "stages" / f"{local}.py").is_file():  # a stage's own helpers (_common, _rl)
                 todo.append(ROOT / "stages" / f"{local}.py")
             elif parts[0] == "msjoe":
-                todo += [f for i in range(1, len(parts) + 1) if (f := module_file(".".join(parts[:i]), SRC))]
-    return {str(p.relative_to(ROOT)) for p in seen}
+                modules |= {m for i in range(1, len(parts) + 1) if module_file(m := ".".join(parts[:i]), SRC)}
+    files = stage_files | {f for m in modules for f in module_closure(m, SRC)}
+    return {str(p.relative_to(ROOT)) for p in files}
 
 
 def _uncovered(files: set[str], deps: list[str]) -> list[str]:

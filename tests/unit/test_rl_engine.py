@@ -192,7 +192,6 @@ def test_clipping_norm_is_a_correctly_rounded_square_root(ds_process: None) -> N
 
     model, ref = mlp(4), mlp(4)
     engine = build_engine(model, torch.optim.SGD(model.parameters(), lr=0.0), cfg(1, gradient_clipping=1e-3))
-    checked = 0
     for seed in range(100):  # 100 norms: an approximate sqrt would miss some (0.84**100 < 1e-7)
         ref.zero_grad()
         mse(ref, batch(100 + seed)).backward()
@@ -201,8 +200,6 @@ def test_clipping_norm_is_a_correctly_rounded_square_root(ds_process: None) -> N
         engine.backward(mse(engine, batch(100 + seed)))
         engine.step()
         assert engine.get_global_grad_norm() == float(np.sqrt(total.numpy())), seed
-        checked += 1
-    assert checked == 100
 
 
 def test_gradient_accumulation_boundary(ds_process: None) -> None:
