@@ -30,6 +30,10 @@ class ProbeResult:
 
 ProbeFn = Callable[[Path], tuple[VideoInfo, str]]
 
+#: How long a fresh worker may take to start (spawn, imports) before it picks up its video;
+#: only then does the video's own time limit start.
+START_TIMEOUT_S = 120.0
+
 
 def probe_and_hash(path: Path) -> tuple[VideoInfo, str]:
     """The default probe: decord metadata + first/last frame, then the content hash."""
@@ -45,13 +49,14 @@ def _worker_loop(conn: Connection, probe: ProbeFn) -> None:
         if job is None:
             return
         key, path = job
+        conn.send(("started", key))  # the parent's clock for this video starts here, not at spawn
         try:
             info, digest = probe(Path(path))
-            conn.send((key, info, digest, None))
+            conn.send(("done", key, info, digest, None))
         except VideoError as exc:
-            conn.send((key, None, None, str(exc)))
+            conn.send(("done", key, None, None, str(exc)))
         except Exception as exc:  # anything else is still this video's problem, not the run's
-            conn.send((key, None, None, f"{path}: probe failed ({type(exc).__name__}: {exc})"))
+            conn.send(("done", key, None, None, f"{path}: probe failed ({type(exc).__name__}: {exc})"))
 
 
 class _Worker:
@@ -61,11 +66,16 @@ class _Worker:
         self.process.start()
         child.close()
         self.job: tuple[str, Path] | None = None
-        self.started = 0.0
+        self.submitted = 0.0
+        self.started: float | None = None  # when the worker took up its job
 
     def submit(self, key: str, path: Path) -> None:
+        """Hand over a job. The video's time limit runs from when the worker says it started
+        the job, so a fresh worker's spawn and imports do not count against it; until then
+        :data:`START_TIMEOUT_S` applies."""
         self.job = (key, path)
-        self.started = time.monotonic()
+        self.submitted = time.monotonic()
+        self.started = None
         self.conn.send((key, str(path)))
 
     def stop(self, kill: bool = False) -> None:
@@ -122,18 +132,24 @@ def probe_many(
                 key, path = worker.job
                 if worker.conn in ready or worker.conn.poll():
                     try:
-                        _, info, digest, error = worker.conn.recv()
+                        message = worker.conn.recv()
                     except (EOFError, OSError):
                         # The worker died; its pipe may close before its exit is seen.
                         error = _crashed(path, worker.process)
                     else:
+                        if message[0] == "started":
+                            worker.started = time.monotonic()
+                            continue
+                        _, _, info, digest, error = message
                         worker.job = None
                         yield ProbeResult(key, path, info, digest, error)
                         continue
                 elif worker.process.sentinel in ready or not worker.process.is_alive():
                     error = _crashed(path, worker.process)
-                elif now - worker.started > timeout_s:
+                elif worker.started is not None and now - worker.started > timeout_s:
                     error = f"{path}: decoding took longer than {timeout_s:.0f} s (killed)"
+                elif worker.started is None and now - worker.submitted > START_TIMEOUT_S:
+                    error = f"{path}: the probe worker did not start within {START_TIMEOUT_S:.0f} s (killed)"
                 else:
                     continue
                 worker.stop(kill=True)

@@ -179,6 +179,17 @@ def test_decoder_crash_and_hang_cost_one_video_only(tmp_path: Path) -> None:
     assert results["d.mp4"].error is None
 
 
+def test_a_workers_slow_start_does_not_count_against_the_videos_time_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.slow_start_probe import instant_probe  # imported here at once
+
+    monkeypatch.setenv("SLOW_START_S", "3")  # each spawned worker takes 3 s to import it
+    jobs = [(name, tmp_path / name) for name in ("a.mp4", "b.mp4")]
+    results = {r.key: r for r in probe_many(jobs, workers=1, timeout_s=1.5, probe=instant_probe)}
+    assert {key: result.error for key, result in results.items()} == {"a.mp4": None, "b.mp4": None}
+
+
 def test_probe_reads_real_metadata(tmp_path: Path) -> None:
     info = probe_video(write_video(tmp_path / "v.mp4", n_frames=20, fps=5, size=32))
     assert info == VideoInfo(n_frames=20, fps=5.0, duration_s=4.0, width=32, height=32)
