@@ -31,8 +31,11 @@ demo: $(STAMP)
 	dvc repro
 	msjoe db rebuild
 
+# Two pytest-xdist workers: the tests run torch on one thread (tests/conftest.py), so a serial
+# run leaves one of two cores idle. --dist loadfile keeps each file on one worker, so a
+# module-scoped fixture (a tiny dvc repro, a shared world) is still built once.
 test: $(STAMP)
-	python -m pytest -q
+	python -m pytest -q -n 2 --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)
