@@ -49,7 +49,7 @@ def _worker_loop(conn: Connection, probe: ProbeFn) -> None:
         if job is None:
             return
         key, path = job
-        conn.send(("started", key))  # the parent's clock for this video starts here, not at spawn
+        conn.send(("started",))  # the parent's clock for this video starts here, not at spawn
         try:
             info, digest = probe(Path(path))
             conn.send(("done", key, info, digest, None))
@@ -146,10 +146,12 @@ def probe_many(
                         continue
                 elif worker.process.sentinel in ready or not worker.process.is_alive():
                     error = _crashed(path, worker.process)
-                elif worker.started is not None and now - worker.started > timeout_s:
-                    error = f"{path}: decoding took longer than {timeout_s:.0f} s (killed)"
-                elif worker.started is None and now - worker.submitted > START_TIMEOUT_S:
+                elif worker.started is None:
+                    if now - worker.submitted <= START_TIMEOUT_S:
+                        continue
                     error = f"{path}: the probe worker did not start within {START_TIMEOUT_S:.0f} s (killed)"
+                elif now - worker.started > timeout_s:
+                    error = f"{path}: decoding took longer than {timeout_s:.0f} s (killed)"
                 else:
                     continue
                 worker.stop(kill=True)

@@ -190,6 +190,18 @@ def test_a_workers_slow_start_does_not_count_against_the_videos_time_limit(
     assert {key: result.error for key, result in results.items()} == {"a.mp4": None, "b.mp4": None}
 
 
+def test_a_worker_that_never_starts_is_killed_with_its_own_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msjoe.probe
+    from tests.unit.slow_start_probe import instant_probe
+
+    monkeypatch.setenv("SLOW_START_S", "30")
+    monkeypatch.setattr(msjoe.probe, "START_TIMEOUT_S", 1.0)
+    (result,) = probe_many([("a.mp4", tmp_path / "a.mp4")], workers=1, timeout_s=60, probe=instant_probe)
+    assert result.error is not None and "did not start within 1 s" in result.error
+
+
 def test_probe_reads_real_metadata(tmp_path: Path) -> None:
     info = probe_video(write_video(tmp_path / "v.mp4", n_frames=20, fps=5, size=32))
     assert info == VideoInfo(n_frames=20, fps=5.0, duration_s=4.0, width=32, height=32)
