@@ -276,6 +276,29 @@ def test_demo_base_is_deterministic_and_reuses_its_world(trained: tuple[Path, di
     assert (tmp_path / "longer" / "model.safetensors").read_bytes() != (out / "model.safetensors").read_bytes()
 
 
+def test_answer_format_tool_continues_a_copy_in_letters_and_leaves_the_base_alone(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """``tools/answer_format.py`` (the letter-format measurement in its docstring): it trains a
+    copy of the base on the recipe's world, saves and reports it, and never writes the base."""
+    from tools.answer_format import continue_in_format
+
+    base, _ = trained
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    cfg = _tiny_base_config()
+    report = continue_in_format(base, cfg, base.parent / "work", "letter", 2, 1e-3, seed=7, out=tmp_path / "letter")
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+    assert report["answer_format"] == "letter" and report["steps"] == 2
+    assert report["world"] == cfg.world_fingerprint()  # the fixture's cached world, not a new one
+    assert report["examples"]["answer"] > 0 and np.isfinite(report["final_loss"])
+    assert 0.0 <= report["eval"]["answer_parse_rate_evidence"] <= 1.0
+    saved = tmp_path / "letter" / "model.safetensors"
+    assert saved.read_bytes() != (base / "model.safetensors").read_bytes()  # two steps moved the weights
+    assert json.loads((tmp_path / "letter" / "report.json").read_text())["eval"] == json.loads(
+        json.dumps(report["eval"], default=str))
+    load_mllm(str(tmp_path / "letter"))
+
+
 def test_stage_records_a_relative_checkpoint_as_given(trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, _ = trained
     shutil.copytree(out, tmp_path / "weights" / "demo-mllm")
