@@ -20,12 +20,12 @@ Measured from the shipped base (2-core AMD EPYC; 400 held-out questions, K = 8; 
 run                       parse rate    accuracy on evidence frames  ``Seen:`` exact
 ========================  ============  ===========================  ===============
 shipped (option text)     0.83          0.48                         0.40
-letter, 1000 steps, 1e-3  1.00          0.27                         0.40
-letter, 4000 steps, 2e-3  1.00          0.25                         0.47
+letter, 1000 steps, 1e-3  1.00          0.26                         0.40
+letter, 4000 steps, 2e-3  1.00          0.22                         0.50
 ========================  ============  ===========================  ===============
 
 Letters always parse, and the events the model lists even improve, but the letter it picks is
-at chance (uniform frames 0.24-0.26, no evidence 0.21-0.24): within 4000 steps (18 min) the
+at chance (uniform frames 0.24-0.25, no evidence 0.27): within 4000 steps (19 min) the
 3-layer model does not learn the lookup from the event it reads to the letter in front of that
 option's line. So the demo keeps the option text and its parse rate.
 
