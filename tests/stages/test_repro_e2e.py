@@ -43,9 +43,16 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _temp_dir(repo: Path) -> Path:
+    """The runs' TMPDIR, beside the repository (not in it: `git add -A` would take it in)."""
+    return repo.with_name(repo.name + "-tmp")
+
+
 def _run(args: list[str], cwd: Path) -> str:
+    temp = _temp_dir(cwd)
+    temp.mkdir(exist_ok=True)
     env = {**without_launcher_env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "MSJOE_LOG_LEVEL": "WARNING",
-           "BENTOML_HOME": str(cwd / ".bentoml"), "MSJOE_DB_URL": f"sqlite:///{cwd / 'msjoe.db'}"}
+           "BENTOML_HOME": str(cwd / ".bentoml"), "MSJOE_DB_URL": f"sqlite:///{cwd / 'msjoe.db'}", "TMPDIR": str(temp)}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
@@ -95,6 +102,8 @@ def test_repro_runs_every_stage_and_writes_its_outputs(repo: Path) -> None:
     assert (repo / "models" / "joint" / "sampler.pt").is_file()
     package = json.loads((repo / "reports" / "package.json").read_text())
     assert package["bento_tag"].startswith("msjoe:") and package["winner"] in labels
+    # evaluate ran under torchrun (dvc.yaml's cmd), which left no log directory behind
+    assert not list(_temp_dir(repo).glob("torchelastic_*"))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ outputs bit for bit, and a sharded embed rerun after a partial run embeds only w
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _embed(work: Path, out: str, processes: int) -> dict:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
+                f"--nproc_per_node={processes}"]
     args = [str(ROOT / "stages" / "embed.py"), "--videos", "videos.parquet", "--video-root", "videos",
             "--clip", "clip", "--out", out, "--report", f"{out}.json", "--params", "params.yaml"]
     command = (launcher if processes > 1 else [sys.executable]) + args
@@ -123,7 +125,8 @@ def eval_setup(tmp_path_factory: pytest.TempPathFactory, world: Path, questions:
 
 def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str, processes: int,
               turn_cache: str | None = None) -> tuple[dict, pd.DataFrame]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
+                f"--nproc_per_node={processes}"]
     args = [str(ROOT / "stages" / "evaluate.py"), "--questions", "questions.parquet", "--video-root", str(world),
             "--features", "features", "--clip", str(clip_dir), "--mllm", f"base={mllm_dir}",
             "--out", f"{out}/evaluate.json", "--predictions", f"{out}/predictions.parquet",
