@@ -292,11 +292,18 @@ def test_answer_format_tool_continues_a_copy_in_letters_and_leaves_the_base_alon
     assert report["world"] == cfg.world_fingerprint()  # the fixture's cached world, not a new one
     assert report["examples"]["answer"] > 0 and np.isfinite(report["final_loss"])
     assert 0.0 <= report["eval"]["answer_parse_rate_evidence"] <= 1.0
+    swapped = report["eval"]["options_swapped"]
+    assert swapped["questions"] == len(load_world_questions(base.parent / "work" / f"world-{cfg.world_fingerprint()}", "eval"))
+    assert all(0.0 <= swapped[k] <= 1.0 for k in ("same_answer", "names_shown_option", "names_own_option"))
     saved = tmp_path / "letter" / "model.safetensors"
     assert saved.read_bytes() != (base / "model.safetensors").read_bytes()  # two steps moved the weights
     assert json.loads((tmp_path / "letter" / "report.json").read_text())["eval"] == json.loads(
         json.dumps(report["eval"], default=str))
     load_mllm(str(tmp_path / "letter"))
+    # 0 steps measures the base as it is: the saved copy carries the base's weights
+    as_is = continue_in_format(base, cfg, base.parent / "work", "letter", 0, 1e-3, seed=7, out=tmp_path / "as-is")
+    assert as_is["examples"] == {} and as_is["final_loss"] is None
+    assert (tmp_path / "as-is" / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
 
 
 def test_stage_records_a_relative_checkpoint_as_given(trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
