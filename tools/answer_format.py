@@ -31,10 +31,10 @@ option's line. So the demo keeps the option text and its parse rate.
 
 Why: the base hardly reads the options at all. The report's ``options_swapped``
 (:func:`options_sensitivity`; ``--steps 0`` measures the base as it is) asks each held-out
-question on the same evidence frames with another question's options: the shipped base keeps
-its answer in 0.94 of the replies, and names one of the options it was shown in 0.41, one of
-its own question's options, which it was not shown, in 0.82. It answers from the frames and
-the question; an answer is an option only when what it read is one.
+question on the same evidence frames with the next same-family question's options: the shipped
+base keeps its answer in 0.95 of the replies, and names one of the options it was shown in
+0.41, one of its own question's options, which it was not shown, in 0.82. It answers from the
+frames and the question; an answer is an option only when what it read is one.
 
 Run it from the repository root.
 """
@@ -88,7 +88,7 @@ def continue_in_format(
     try:
         mllm = load_mllm(str(base))
         examples: dict[str, int] = {}
-        losses: list[float] = []
+        trained = None
         if steps:
             videos = pretrain.WorldVideos(world_dir)
             train = pretrain.load_world_questions(world_dir, "train")
@@ -99,7 +99,7 @@ def continue_in_format(
             examples = {"query": len(queries), "answer": len(answers)}
             torch.manual_seed(seed)
             sft = replace(recipe.sft, max_steps=steps, learning_rate=learning_rate, freeze_vision=True, seed=seed)
-            losses = supervised_finetune(mllm, queries + [a.example for a in answers], sft, progress=False).losses
+            trained = supervised_finetune(mllm, queries + [a.example for a in answers], sft, progress=False)
         held_out = pretrain.load_world_questions(world_dir, "eval")
         evaluation = pretrain.evaluate_mllm(mllm, held_out, pretrain.WorldVideos(world_dir), recipe)
         evaluation["options_swapped"] = options_sensitivity(mllm, held_out, pretrain.WorldVideos(world_dir), recipe)
@@ -116,8 +116,8 @@ def continue_in_format(
         "seed": seed,
         "world": cfg.world_fingerprint(),
         "examples": examples,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": float(np.mean(losses[-max(1, len(losses) // 20):])) if losses else None,
+        "first_loss": trained.losses[0] if trained else None,
+        "final_loss": trained.final_loss if trained else None,
         "seconds": round(time.perf_counter() - started, 2),
         "eval": evaluation,
         "recipe": asdict(recipe),
@@ -128,9 +128,10 @@ def continue_in_format(
 
 
 def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: Any) -> dict[str, float]:
-    """Does the answer depend on the options shown? Each held-out question is asked on one
-    evidence frame set (drawn as :func:`msjoe.mllm.pretrain.evaluate_mllm` draws them) twice:
-    with its own options, and with those of another question of the same family.
+    """Does the answer depend on the options shown? Each question is asked on one evidence frame
+    set (one frame of every target event plus fillers, :func:`msjoe.mllm.pretrain.frame_set`,
+    seeded by ``recipe.seed + 1``) twice: with its own options, and with those of the next
+    question of the same family. Raises ``ValueError`` for a family of one question.
 
     ``same_answer``: share of replies whose answer (from ``<answer>`` on) is the same both times.
     ``names_shown_option``: the swapped reply's answer is one of the options it was shown;
@@ -153,8 +154,9 @@ def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: An
     families: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         families.setdefault(q.category, []).append(i)
-    # the question 7 places on in its family, so no question keeps its own options
-    donor = {i: members[(j + 7) % len(members)] for members in families.values() for j, i in enumerate(members)}
+    if lonely := sorted(family for family, members in families.items() if len(members) < 2):
+        raise ValueError(f"no other question to take options from in famil{'ies' if len(lonely) > 1 else 'y'} {lonely}")
+    donor = {i: members[(j + 1) % len(members)] for members in families.values() for j, i in enumerate(members)}
 
     def replies(options: list[tuple[str, ...]]) -> list[str]:
         conversations = [
@@ -165,10 +167,10 @@ def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: An
 
     shown = [questions[donor[i]].options for i in range(len(questions))]
     own, swapped = replies([q.options for q in questions]), replies(shown)
-    answer = [t.partition("<answer>")[2] for t in own], [t.partition("<answer>")[2] for t in swapped]
     return {
         "questions": len(questions),
-        "same_answer": float(np.mean([a == b for a, b in zip(*answer, strict=True)])),
+        "same_answer": float(np.mean([a.partition("<answer>")[2] == b.partition("<answer>")[2]
+                                      for a, b in zip(own, swapped, strict=True)])),
         "names_shown_option": float(np.mean([parse_answer(t, len(o), options=o) is not None
                                              for t, o in zip(swapped, shown, strict=True)])),
         "names_own_option": float(np.mean([parse_answer(t, len(q.options), options=q.options) is not None

@@ -42,12 +42,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+def _torchrun(processes: int) -> list[str]:
+    """The launcher as dvc.yaml's evaluate stage runs it (no log directory left in the temp dir)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
+            f"--nproc_per_node={processes}"]
+
+
 def _embed(work: Path, out: str, processes: int) -> dict:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
-                f"--nproc_per_node={processes}"]
     args = [str(ROOT / "stages" / "embed.py"), "--videos", "videos.parquet", "--video-root", "videos",
             "--clip", "clip", "--out", out, "--report", f"{out}.json", "--params", "params.yaml"]
-    command = (launcher if processes > 1 else [sys.executable]) + args
+    command = (_torchrun(processes) if processes > 1 else [sys.executable]) + args
     env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
@@ -125,14 +129,12 @@ def eval_setup(tmp_path_factory: pytest.TempPathFactory, world: Path, questions:
 
 def _evaluate(work: Path, world: Path, clip_dir: Path, mllm_dir: Path, out: str, processes: int,
               turn_cache: str | None = None) -> tuple[dict, pd.DataFrame]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", os.devnull,
-                f"--nproc_per_node={processes}"]
     args = [str(ROOT / "stages" / "evaluate.py"), "--questions", "questions.parquet", "--video-root", str(world),
             "--features", "features", "--clip", str(clip_dir), "--mllm", f"base={mllm_dir}",
             "--out", f"{out}/evaluate.json", "--predictions", f"{out}/predictions.parquet",
             "--plots", f"{out}/plot.json", "--figures", f"{out}/figures", "--params", "params.yaml"]
     args += ["--turn-cache", turn_cache] if turn_cache else []
-    command = (launcher if processes > 1 else [sys.executable]) + args
+    command = (_torchrun(processes) if processes > 1 else [sys.executable]) + args
     env = {**without_launcher_env(), "MSJOE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

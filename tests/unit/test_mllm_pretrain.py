@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _tiny_base_config() -> DemoBaseConfig:
     return DemoBaseConfig(
-        world=WorldConfig(seed=3, videos={"train": 2, "eval": 1}, frames=48, size=32, scene_frames=(12, 24)),
+        world=WorldConfig(seed=3, videos={"train": 2, "eval": 2}, frames=48, size=32, scene_frames=(12, 24)),  # 2 eval videos: options_swapped needs two questions per family
         vision=VisionPretrainConfig(steps=3, batch_size=4, warmup_steps=1, background_frames_per_video=4, eval_frames=8),
         pretrain=_config(),
         threads=1,
@@ -304,6 +305,37 @@ def test_answer_format_tool_continues_a_copy_in_letters_and_leaves_the_base_alon
     as_is = continue_in_format(base, cfg, base.parent / "work", "letter", 0, 1e-3, seed=7, out=tmp_path / "as-is")
     assert as_is["examples"] == {} and as_is["final_loss"] is None
     assert (tmp_path / "as-is" / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+
+
+class _Replier:
+    """Stands in for the MLLM's ``generate`` in the options-sensitivity test: ``reads_options``
+    answers the first option it is shown, otherwise it always answers the same text."""
+
+    def __init__(self, reads_options: bool) -> None:
+        self.reads_options = reads_options
+
+    def generate(self, conversations: list, **_: object) -> list[SimpleNamespace]:
+        texts = [m["content"][-1]["text"] for m in (c[-1] for c in conversations)]
+        answers = [t.split("Options:\nA. ")[1].split("\n")[0] if self.reads_options else "a grey blob" for t in texts]
+        return [SimpleNamespace(text=f"Seen: nothing. <answer>{a}</answer>") for a in answers]
+
+
+def test_options_sensitivity_tells_a_model_that_reads_its_options_from_one_that_does_not(world: Path) -> None:
+    from tools.answer_format import options_sensitivity
+
+    cfg = _config()
+    own = load_world_questions(world, "eval")
+    # a second question per family, the same one with its options reversed: each is the other's donor
+    questions = own + [replace(q, qid=f"{q.qid}-r", options=q.options[::-1]) for q in own]
+    videos = WorldVideos(world)
+    reads = options_sensitivity(_Replier(True), questions, videos, cfg)
+    assert reads == {"questions": len(questions), "same_answer": 0.0, "names_shown_option": 1.0,
+                     "names_own_option": 1.0}  # the donor's first option is one of its own, reversed
+    ignores = options_sensitivity(_Replier(False), questions, videos, cfg)
+    assert ignores == {"questions": len(questions), "same_answer": 1.0, "names_shown_option": 0.0,
+                       "names_own_option": 0.0}
+    with pytest.raises(ValueError, match="no other question"):
+        options_sensitivity(_Replier(True), own, videos, cfg)  # one question per family
 
 
 def test_stage_records_a_relative_checkpoint_as_given(trained: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
