@@ -407,3 +407,55 @@ def test_stage_cli_paper_scale(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "reports" / "pretrain_mllm.json").read_text())
     assert report == {"identity": HUB_ID, "name_or_path": HUB_ID}
     assert read_manifest(tmp_path / "models" / "mllm").name_or_path == HUB_ID
+
+
+def test_reading_tool_measures_the_recipes_own_evaluation_and_splits_it(trained: tuple[Path, dict]) -> None:
+    """``tools/reading.py measure``: on the recipe's evidence frame sets its accuracy and parse
+    rate are the recipe's evaluation's; the other measures are shares of the same questions."""
+    from tools.reading import measure, reading_report
+
+    base, report = trained
+    cfg = _tiny_base_config()
+    world_dir = base.parent / "work" / f"world-{cfg.world_fingerprint()}"
+    questions = load_world_questions(world_dir, "eval")
+    first = reading_report(load_mllm(str(base)), questions[: cfg.pretrain.eval_questions], WorldVideos(world_dir), cfg.pretrain)
+    assert first["accuracy"] == pytest.approx(report["eval"]["accuracy_evidence"])
+    assert first["answer_parse_rate"] == pytest.approx(report["eval"]["answer_parse_rate_evidence"])
+    whole = measure(base, cfg, base.parent / "work")
+    assert whole["questions"] == len(questions) and whole["world"] == cfg.world_fingerprint()
+    for name in ("list_exact", "list_implies_right", "reads_own_list", "reads_given_list"):
+        assert 0.0 <= whole[name] <= 1.0
+        assert set(whole[f"{name}_per_family"]) == {q.category for q in questions}
+
+
+def test_reading_examples_give_the_true_list_and_score_only_the_option_it_implies(world: Path) -> None:
+    from msjoe.world.reasoning import implied_option
+    from tools.reading import reading_examples
+
+    videos = WorldVideos(world)
+    questions = load_world_questions(world, "train")
+    examples = reading_examples(questions, videos, _config(distractor_event_fraction=0.5), 48, sets_per_question=4, seed=0)
+    assert examples and len({id(q) for _, q, _ in examples}) > 1
+    for example, q, letter in examples:
+        assert example.prefix.startswith("Seen: ") and example.prefix.endswith(" <answer>")
+        listed = example.prefix.removeprefix("Seen: ").removesuffix(". <answer>")
+        seen = [] if listed == "nothing" else listed.split(", ")
+        index = "ABCDEFGHIJ".index(letter)
+        assert implied_option(q.question, q.options, seen) == index
+        assert example.target == f"{q.options[index]}</answer>"
+        assert not any(item.get("type") == "image" for m in example.messages for item in m["content"])
+
+
+def test_reading_tool_learns_from_a_fresh_model_of_the_given_size(trained: tuple[Path, dict]) -> None:
+    from tools.reading import learn_reading
+
+    base, _ = trained
+    cfg = _tiny_base_config()
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    fresh = learn_reading(cfg, base.parent / "work", TINY_MODEL, steps=2, learning_rate=1e-3, batch_size=2)
+    assert fresh["base"] is None and fresh["model"]["hidden_size"] == TINY_MODEL.hidden_size
+    assert fresh["train_examples"] > 0 and np.isfinite(fresh["final_loss"])
+    assert 0.0 <= fresh["after"]["reads_given_list"] <= 1.0
+    continued = learn_reading(cfg, base.parent / "work", TINY_MODEL, steps=2, learning_rate=1e-3, batch_size=2, base=base)
+    assert continued["base"] == str(base) and continued["model"] is None
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before  # the base is only read

@@ -120,3 +120,23 @@ def test_invalid_inputs_are_rejected(model_dir: Path) -> None:
         SFTConfig(max_steps=0)
     with pytest.raises(ValueError):
         supervised_finetune(load_mllm(str(model_dir)), [], SFTConfig(), progress=False)
+
+
+def test_a_given_prefix_is_in_the_context_but_not_scored(model_dir: Path) -> None:
+    mllm = load_mllm(str(model_dir))
+    conversation = _conversation("B", 7)
+    with torch.no_grad():
+        token_log_probs = mllm.sequence_log_probs([conversation], ["<answer>B</answer>"]).log_probs[0]
+    cfg = SFTConfig(learning_rate=1e-3, batch_size=1, max_steps=1, seed=0)
+    given = SFTExample(conversation, "B</answer>", prefix="<answer>")
+    report = supervised_finetune(mllm, [given], cfg, progress=False)
+    # the letter, </answer> and the end of turn are scored; <answer> is only context
+    assert report.tokens_seen == 3
+    assert report.losses[0] == pytest.approx(-float(token_log_probs[1:].mean()), rel=1e-5)
+
+
+def test_a_prefix_that_splits_a_token_is_refused(model_dir: Path) -> None:
+    mllm = load_mllm(str(model_dir))
+    split = SFTExample(_conversation("B", 7), "nswer>B</answer>", prefix="<a")
+    with pytest.raises(ValueError, match="token boundary"):
+        supervised_finetune(mllm, [split], SFTConfig(max_steps=1, batch_size=1), progress=False)

@@ -86,6 +86,7 @@ __all__ = [
     "build_corpus",
     "caption_examples",
     "evaluate_mllm",
+    "evaluation_frame_sets",
     "event_runs",
     "extra_train_questions",
     "frame_set",
@@ -637,17 +638,12 @@ def _mean(values: Sequence[float | bool]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def evaluate_mllm(
-    mllm: MLLM, questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig
-) -> dict[str, Any]:
-    """Greedy accuracy of the answer turn on three K-frame sets, and query-turn quality.
-
-    ``evidence``: one frame per target event + fillers (as in training, seed ``cfg.seed + 1``);
-    ``uniform``: the uniform sampler's K frames; ``no_evidence``: K evidence-free frames.
-    Answers are parsed with the options (letter or option text); unparsable counts as wrong.
-    ``seen_exact_evidence``: share of evidence-set replies whose ``Seen:`` list is exactly
-    the events shown (with ``describe``).
-    """
+def evaluation_frame_sets(
+    questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig
+) -> dict[str, list[list[int]]]:
+    """The K-frame sets :func:`evaluate_mllm` asks each question on (seed ``cfg.seed + 1``):
+    ``evidence`` (one frame of every target event + fillers, as in training), ``uniform`` (the
+    uniform sampler's frames) and ``no_evidence`` (K evidence-free frames)."""
     rng = np.random.default_rng(cfg.seed + 1)
     k = cfg.k_frames
     sets: dict[str, list[list[int]]] = {"evidence": [], "uniform": [], "no_evidence": []}
@@ -660,6 +656,22 @@ def evaluate_mllm(
         sets["evidence"].append(frame_set(q.evidence_frames, n, k, rng, **kwargs))
         sets["uniform"].append(uniform_frame_set(n, k))
         sets["no_evidence"].append(frame_set(q.evidence_frames, n, k, rng, with_evidence=False, **kwargs))
+    return sets
+
+
+def evaluate_mllm(
+    mllm: MLLM, questions: Sequence[WorldQuestion], videos: WorldVideos, cfg: MLLMPretrainConfig
+) -> dict[str, Any]:
+    """Greedy accuracy of the answer turn on three K-frame sets, and query-turn quality.
+
+    ``evidence``: one frame per target event + fillers (as in training, seed ``cfg.seed + 1``);
+    ``uniform``: the uniform sampler's K frames; ``no_evidence``: K evidence-free frames.
+    Answers are parsed with the options (letter or option text); unparsable counts as wrong.
+    ``seen_exact_evidence``: share of evidence-set replies whose ``Seen:`` list is exactly
+    the events shown (with ``describe``).
+    """
+    k = cfg.k_frames
+    sets = evaluation_frame_sets(questions, videos, cfg)
     report: dict[str, Any] = {"eval_questions": len(questions), "k_frames": k}
     families = sorted({q.category for q in questions})
     for name, frame_sets in sets.items():

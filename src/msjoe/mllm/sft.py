@@ -26,10 +26,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SFTExample:
-    """A prompt conversation (with its images) and the reply the model should write."""
+    """A prompt conversation (with its images) and the reply the model should write.
+
+    ``prefix``: the start of the reply, given rather than learned: it is in the model's
+    context but its tokens are not scored (to teach what follows a given text, e.g. the
+    answer after a given ``Seen:`` list). The reply is ``prefix + target``.
+    """
 
     messages: Conversation
     target: str
+    prefix: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,19 @@ def _batches(n: int, cfg: SFTConfig, total_steps: int) -> Iterator[list[int]]:
                 return
 
 
+def _prefix_tokens(mllm: MLLM, example: SFTExample) -> int:
+    """Tokens of ``example.prefix`` at the start of its reply; raises if the tokenizer merges
+    the prefix's last token with the target's first (the boundary would then be ambiguous)."""
+    if not example.prefix:
+        return 0
+    given = mllm.encode_completion(example.prefix, append_eos=False)
+    whole = mllm.encode_completion(example.prefix + example.target, append_eos=False)
+    if whole[: len(given)] != given or len(whole) == len(given):
+        raise ValueError(f"SFT example: the prefix {example.prefix!r} does not end on a token boundary before "
+                         f"the target {example.target!r}")
+    return len(given)
+
+
 def supervised_finetune(
     mllm: MLLM,
     examples: Sequence[SFTExample],
@@ -142,9 +161,13 @@ def supervised_finetune(
     try:
         for step, indices in enumerate(_batches(len(examples), cfg, total_steps)):
             batch = [examples[i] for i in indices]
-            scored = mllm.sequence_log_probs([e.messages for e in batch], [e.target for e in batch])
-            n_tokens = scored.mask.sum()
-            loss = -scored.log_probs.sum() / n_tokens
+            scored = mllm.sequence_log_probs([e.messages for e in batch], [e.prefix + e.target for e in batch])
+            mask = scored.mask
+            if any(e.prefix for e in batch):
+                given = torch.tensor([_prefix_tokens(mllm, e) for e in batch], device=mask.device)
+                mask = mask & (torch.arange(mask.shape[1], device=mask.device)[None, :] >= given[:, None])
+            n_tokens = mask.sum()
+            loss = -(scored.log_probs * mask).sum() / n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
