@@ -30,10 +30,11 @@ needs at a given width and depth::
 
 Measured here (2-core AMD EPYC, 400 held-out questions, K = 8, chance 0.25; the README has the
 numbers per family): the shipped base answers 0.48, its own lists imply the right option in
-0.735, its answer follows its own list in 0.50, and after the true list it picks the right
-option in only 0.59. Reading, not perception, is the larger loss. A fresh 3-layer, width-128
-model trained on reading alone reaches 0.57 after 300 steps of batch 32 and 0.745 after 1500
-(16 min); a width-256, 4-layer one 0.54 after 300 steps, at 3.7 times the cost per step.
+0.75, its answer follows its own list in 0.50, and after the true list it picks the right
+option in only 0.59. Reading, not perception, is the larger loss. A fresh model of the base's
+size (3 layers, width 128) trained on reading alone reads 0.62 after 300 steps of batch 32 and
+0.72 after 1500 (15 min); 4 layers of width 256 read 0.62 after 300 steps, at 3.7 times the
+cost per step.
 
 Run it from the repository root.
 """
