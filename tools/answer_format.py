@@ -48,6 +48,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools._recipe import pretrain_world, recipe_threads
+
 if TYPE_CHECKING:  # imported late: main() pins the CPU kernels before numpy and torch load
     from msjoe.mllm.demo_base import DemoBaseConfig
 
@@ -75,17 +77,11 @@ def continue_in_format(
     from msjoe.mllm import pretrain
     from msjoe.mllm.load import load_mllm
     from msjoe.mllm.sft import supervised_finetune
-    from msjoe.world.generate import generate_world
 
-    world_dir = work_dir / f"world-{cfg.world_fingerprint()}"
-    if not (world_dir / "summary.json").is_file():
-        generate_world(cfg.world, world_dir, progress=False)
+    world_dir = pretrain_world(cfg, work_dir)
     recipe = replace(cfg.pretrain, answer_format=answer_format)
     started = time.perf_counter()
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(cfg.threads)
-    torch.use_deterministic_algorithms(True)
-    try:
+    with recipe_threads(cfg.threads):
         mllm = load_mllm(str(base))
         examples: dict[str, int] = {}
         trained = None
@@ -105,9 +101,6 @@ def continue_in_format(
         evaluation["options_swapped"] = options_sensitivity(mllm, held_out, pretrain.WorldVideos(world_dir), recipe)
         if out is not None:
             mllm.save_pretrained(out)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
     report = {
         "base": str(base),
         "answer_format": answer_format,

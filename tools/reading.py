@@ -49,6 +49,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools._recipe import pretrain_world, recipe_threads
+
 if TYPE_CHECKING:  # imported late: main() pins the CPU kernels before numpy and torch load
     from msjoe.mllm.build import TinyMLLMConfig
     from msjoe.mllm.demo_base import DemoBaseConfig
@@ -180,7 +182,7 @@ def learn_reading(
     from msjoe.mllm.load import load_mllm
     from msjoe.mllm.sft import supervised_finetune
 
-    world_dir = _world(cfg, work_dir)
+    world_dir = pretrain_world(cfg, work_dir)
     recipe = cfg.pretrain
     videos = pretrain.WorldVideos(world_dir)
     train = pretrain.load_world_questions(world_dir, "train")
@@ -196,7 +198,7 @@ def learn_reading(
                       [q for _, q, _ in tests])
 
     started = time.perf_counter()
-    with _threads(cfg.threads), tempfile.TemporaryDirectory() as scratch:
+    with recipe_threads(cfg.threads), tempfile.TemporaryDirectory() as scratch:
         if base is None:
             build_tiny_mllm(Path(scratch), pretrain.build_corpus(world_dir, "train"), model, seed=seed)
         mllm = load_mllm(str(base if base is not None else scratch))
@@ -225,42 +227,13 @@ def measure(base: Path, cfg: DemoBaseConfig, work_dir: Path) -> dict[str, Any]:
     from msjoe.mllm import pretrain
     from msjoe.mllm.load import load_mllm
 
-    world_dir = _world(cfg, work_dir)
+    world_dir = pretrain_world(cfg, work_dir)
     started = time.perf_counter()
-    with _threads(cfg.threads):
+    with recipe_threads(cfg.threads):
         report = reading_report(load_mllm(str(base)), pretrain.load_world_questions(world_dir, "eval"),
                                 pretrain.WorldVideos(world_dir), cfg.pretrain)
     return {"base": str(base), "world": cfg.world_fingerprint(), **report,
             "seconds": round(time.perf_counter() - started, 1)}
-
-
-def _world(cfg: DemoBaseConfig, work_dir: Path) -> Path:
-    from msjoe.world.generate import generate_world
-
-    world_dir = work_dir / f"world-{cfg.world_fingerprint()}"
-    if not (world_dir / "summary.json").is_file():
-        generate_world(cfg.world, world_dir, progress=False)
-    return world_dir
-
-
-class _threads:
-    """``cfg.threads`` torch threads and deterministic algorithms inside, restored after."""
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-        torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(True)
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.saved[0])
-        torch.use_deterministic_algorithms(self.saved[1])
 
 
 def main() -> None:
