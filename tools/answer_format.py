@@ -32,8 +32,8 @@ option's line. So the demo keeps the option text and its parse rate.
 Why: the base hardly reads the options at all. The report's ``options_swapped``
 (:func:`options_sensitivity`; ``--steps 0`` measures the base as it is) asks each held-out
 question on the same evidence frames with the next same-family question's options: the shipped
-base keeps its answer in 0.95 of the replies, and names one of the options it was shown in
-0.41, one of its own question's options, which it was not shown, in 0.82. It answers from the
+base keeps its answer in 0.96 of the replies, and names one of the options it was shown in
+0.405, one of its own question's options, which it was not shown, in 0.81. It answers from the
 frames and the question; an answer is an option only when what it read is one.
 
 Run it from the repository root.
@@ -121,10 +121,9 @@ def continue_in_format(
 
 
 def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: Any) -> dict[str, float]:
-    """Does the answer depend on the options shown? Each question is asked on one evidence frame
-    set (one frame of every target event plus fillers, :func:`msjoe.mllm.pretrain.frame_set`,
-    seeded by ``recipe.seed + 1``) twice: with its own options, and with those of the next
-    question of the same family. Raises ``ValueError`` for a family of one question.
+    """Does the answer depend on the options shown? Each question is asked on the evidence frame
+    set of the recipe's own evaluation (:func:`msjoe.mllm.pretrain.evaluation_frame_sets`)
+    twice: with its own options, and with those of the next question of the same family. Raises ``ValueError`` for a family of one question.
 
     ``same_answer``: share of replies whose answer (from ``<answer>`` on) is the same both times.
     ``names_shown_option``: the swapped reply's answer is one of the options it was shown;
@@ -137,13 +136,7 @@ def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: An
     from msjoe.mllm import pretrain
     from msjoe.mllm.parsing import parse_answer
 
-    rng = np.random.default_rng(recipe.seed + 1)
-    sets = [
-        pretrain.frame_set(q.evidence_frames, len(videos.frames(q.video)), recipe.k_frames, rng,
-                           event_frames=videos.event_frames(q.video),
-                           distractor_event_fraction=recipe.distractor_event_fraction)
-        for q in questions
-    ]
+    sets = pretrain.evaluation_frame_sets(questions, videos, recipe)["evidence"]
     families: dict[str, list[int]] = {}
     for i, q in enumerate(questions):
         families.setdefault(q.category, []).append(i)
