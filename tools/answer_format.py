@@ -123,7 +123,8 @@ def continue_in_format(
 def options_sensitivity(mllm: Any, questions: list[Any], videos: Any, recipe: Any) -> dict[str, float]:
     """Does the answer depend on the options shown? Each question is asked on the evidence frame
     set of the recipe's own evaluation (:func:`msjoe.mllm.pretrain.evaluation_frame_sets`)
-    twice: with its own options, and with those of the next question of the same family. Raises ``ValueError`` for a family of one question.
+    twice: with its own options, and with those of the next question of the same family.
+    Raises ``ValueError`` for a family of one question.
 
     ``same_answer``: share of replies whose answer (from ``<answer>`` on) is the same both times.
     ``names_shown_option``: the swapped reply's answer is one of the options it was shown;

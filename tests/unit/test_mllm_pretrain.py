@@ -429,7 +429,6 @@ def test_reading_tool_measures_the_recipes_own_evaluation_and_splits_it(trained:
 
 
 def test_reading_examples_give_the_true_list_and_score_only_the_option_it_implies(world: Path) -> None:
-    from msjoe.world.reasoning import implied_option
     from tools.reading import reading_examples
 
     videos = WorldVideos(world)
@@ -440,7 +439,7 @@ def test_reading_examples_give_the_true_list_and_score_only_the_option_it_implie
         assert example.prefix.startswith("Seen: ") and example.prefix.endswith(" <answer>")
         listed = example.prefix.removeprefix("Seen: ").removesuffix(". <answer>")
         seen = [] if listed == "nothing" else listed.split(", ")
-        index = "ABCDEFGHIJ".index(letter)
+        index = OPTION_LETTERS.index(letter)
         assert implied_option(q.question, q.options, seen) == index
         assert example.target == f"{q.options[index]}</answer>"
         assert not any(item.get("type") == "image" for m in example.messages for item in m["content"])
