@@ -48,8 +48,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools._recipe import pretrain_world, recipe_threads
-
 if TYPE_CHECKING:  # imported late: main() pins the CPU kernels before numpy and torch load
     from msjoe.mllm.demo_base import DemoBaseConfig
 
@@ -75,6 +73,7 @@ def continue_in_format(
     import torch
 
     from msjoe.mllm import pretrain
+    from msjoe.mllm.demo_base import pretrain_world, recipe_threads
     from msjoe.mllm.load import load_mllm
     from msjoe.mllm.sft import supervised_finetune
 

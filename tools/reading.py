@@ -49,8 +49,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools._recipe import pretrain_world, recipe_threads
-
 if TYPE_CHECKING:  # imported late: main() pins the CPU kernels before numpy and torch load
     from msjoe.mllm.build import TinyMLLMConfig
     from msjoe.mllm.demo_base import DemoBaseConfig
@@ -179,6 +177,7 @@ def learn_reading(
     from msjoe.episode import score_options
     from msjoe.mllm import pretrain
     from msjoe.mllm.build import build_tiny_mllm
+    from msjoe.mllm.demo_base import pretrain_world, recipe_threads
     from msjoe.mllm.load import load_mllm
     from msjoe.mllm.sft import supervised_finetune
 
@@ -225,6 +224,7 @@ def measure(base: Path, cfg: DemoBaseConfig, work_dir: Path) -> dict[str, Any]:
     """:func:`reading_report` for the checkpoint ``base`` on the pre-training world's held-out
     questions (the recipe's evaluation settings)."""
     from msjoe.mllm import pretrain
+    from msjoe.mllm.demo_base import pretrain_world, recipe_threads
     from msjoe.mllm.load import load_mllm
 
     world_dir = pretrain_world(cfg, work_dir)

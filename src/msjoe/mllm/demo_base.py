@@ -34,6 +34,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +58,8 @@ __all__ = [
     "load_perception_data",
     "pretrain_demo_base",
     "pretrain_vision",
+    "pretrain_world",
+    "recipe_threads",
 ]
 
 logger = logging.getLogger(__name__)
@@ -386,16 +390,37 @@ def pretrain_demo_base(
     fingerprint) and reused by a rerun. Training runs on the CPU with ``cfg.threads`` threads
     and fixed seeds: on a machine of the same kind the result is the same file for file.
     """
+    with recipe_threads(cfg.threads):
+        return _pretrain(Path(out_dir), cfg, Path(work_dir), progress)
+
+
+def pretrain_world(cfg: DemoBaseConfig, work_dir: Path, progress: bool = False) -> Path:
+    """The folder of ``cfg``'s pre-training world under ``work_dir`` (named by the world's
+    fingerprint), generated if missing: a rerun of the command and the diagnostics beside it
+    (``tools/``) find the same world there."""
+    from msjoe.world.generate import generate_world
+
+    world_dir = Path(work_dir) / f"world-{cfg.world_fingerprint()}"
+    if not (world_dir / "summary.json").is_file():
+        logger.info("generating the pre-training world in %s", world_dir)
+        generate_world(cfg.world, world_dir, progress=progress)
+    return world_dir
+
+
+@contextmanager
+def recipe_threads(threads: int) -> Iterator[None]:
+    """The recipe's torch settings inside (``threads`` threads, deterministic algorithms), the
+    caller's restored afterwards."""
     import torch
 
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(cfg.threads)
+    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
-        return _pretrain(Path(out_dir), cfg, Path(work_dir), progress)
+        yield
     finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
 
 
 def _pretrain(out_dir: Path, cfg: DemoBaseConfig, work_dir: Path, progress: bool) -> dict[str, Any]:
@@ -404,13 +429,9 @@ def _pretrain(out_dir: Path, cfg: DemoBaseConfig, work_dir: Path, progress: bool
     from msjoe.mllm.build import build_tiny_mllm
     from msjoe.mllm.load import load_mllm
     from msjoe.mllm.pretrain import build_corpus, train_demo_mllm
-    from msjoe.world.generate import generate_world
 
     started = time.perf_counter()
-    world_dir = work_dir / f"world-{cfg.world_fingerprint()}"
-    if not (world_dir / "summary.json").is_file():
-        logger.info("generating the pre-training world in %s", world_dir)
-        generate_world(cfg.world, world_dir, progress=progress)
+    world_dir = pretrain_world(cfg, work_dir, progress)
     timings = {"world_s": time.perf_counter() - started}
 
     staging = out_dir.with_name(out_dir.name + ".partial")
